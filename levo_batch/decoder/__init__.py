@@ -1,0 +1,1 @@
+"""Tokens -> 48 kHz audio: VQ dequantisation, flow-matching estimator, VAE decoder, windowing."""

@@ -1,0 +1,1 @@
+"""LeVo 2 language model in MLX: conditioning, model, sampling, generation."""

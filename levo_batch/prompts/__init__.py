@@ -1,0 +1,1 @@
+"""Prompts: auto-prompt library, prompt audio, source separation, prompt encoders."""
