@@ -1,0 +1,140 @@
+"""LeVo 2 LM hyper-parameters, read from upstream's `config.yaml` or from an MLX conversion's `config.json`.
+
+Only the values that change the computation live here; everything upstream keeps for training (dropouts,
+optimiser settings, ...) is ignored. Text-table sizes are not in upstream's config: they follow from the
+Qwen2 base vocabulary plus the tags each conditioner adds at run time, so they are derived the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from levo_batch.text import DESCRIPTION_TAGS
+
+QWEN2_BASE_VOCAB = 151646
+"""Qwen2's 151643 byte-level BPE ids plus its three special tokens (<|endoftext|>, <|im_start|>, <|im_end|>).
+
+Upstream appends its tags (and `.`, which already exists as id 13, so it adds no row) to this vocabulary."""
+
+MLX_FORMAT = "levo-batch-lm"
+AILUNTX_FORMAT = "songgeneration-mlx-audiolm"
+"""`format` of the public MLX conversions (ailuntx/SongGeneration-MLX, mlx-community/SongGeneration-v2-*)."""
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    dim: int
+    intermediate_size: int
+    num_heads: int
+    num_layers: int
+    num_layers_sub: int
+    code_depth: int = 3
+    code_size: int = 16384
+    rope_theta: float = 500000.0
+    rope_theta_sub: float = 500000.0
+    delays: tuple[int, ...] = (0, 250, 250)
+    lyrics_max_len: int = 600
+    description_max_len: int = 100
+    prompt_max_len: int = 252
+    prompt_frames: int = 250
+    cfg_coef: float = 1.5
+    max_dur: float = 150.0
+    frame_rate: int = 25
+    lyrics_vocab: int = 151659
+    description_vocab: int = 151652
+    structure_vocab: int = 200
+    quantization: dict | None = None
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def prefix_len(self) -> int:
+        """Conditioning positions before the first audio token: lyrics, prompt (EOT + codes), description."""
+        return self.lyrics_max_len + self.prompt_max_len + self.description_max_len
+
+    @property
+    def eos_id(self) -> int:
+        return self.code_size
+
+    @property
+    def special_id(self) -> int:
+        return self.code_size + 1
+
+    @classmethod
+    def from_upstream(cls, cfg: dict) -> "LMConfig":
+        """From upstream's `config.yaml` (already parsed); raises KeyError naming the missing entry."""
+        lm = cfg["lm"]
+        conds = cfg["conditioners"]
+        lyric_tags = [t for t in conds["description"]["QwTokenizer"].get("add_token_list", []) if t != "."]
+        return cls(
+            dim=int(lm["dim"]),
+            intermediate_size=int(lm["intermediate_size"]),
+            num_heads=int(lm["num_heads"]),
+            num_layers=int(lm["num_layers"]),
+            num_layers_sub=int(lm["num_layers_sub"]),
+            code_depth=int(lm["code_depth"]),
+            code_size=int(lm["code_size"]),
+            rope_theta=float(lm["rope_theta"]),
+            rope_theta_sub=float(lm["rope_theta_sub"]),
+            delays=tuple(int(d) for d in cfg["codebooks_pattern"]["delay"]["delays"]),
+            lyrics_max_len=int(conds["description"]["QwTokenizer"]["max_len"]),
+            description_max_len=int(conds["type_info"]["QwTextTokenizer"]["max_len"]),
+            prompt_max_len=int(conds["prompt_audio"]["qt_embedding"]["max_len"]),
+            prompt_frames=int(cfg["prompt_len"] * cfg["audio_tokenizer_frame_rate"]),
+            cfg_coef=float(cfg["classifier_free_guidance"]["inference_coef"]),
+            max_dur=float(cfg["max_dur"]),
+            frame_rate=int(cfg["audio_tokenizer_frame_rate"]),
+            lyrics_vocab=QWEN2_BASE_VOCAB + len(lyric_tags),
+            description_vocab=QWEN2_BASE_VOCAB + len(DESCRIPTION_TAGS),
+        )
+
+    @classmethod
+    def from_mlx(cls, cfg: dict) -> "LMConfig":
+        """From a conversion's `config.json`: ours (`to_mlx`) or the public ailuntx/mlx-community layout.
+
+        The public layout keeps its sizes under `runtime` with its own names; values it does not record
+        (text lengths, delays, max_dur, table sizes) are the v2 defaults, which is what its runtime
+        hard-codes too.
+        """
+        if cfg.get("format") == AILUNTX_FORMAT or "runtime" in cfg:
+            rt = cfg["runtime"]
+            return cls(
+                dim=int(rt["hidden_size"]),
+                intermediate_size=int(rt["intermediate_size"]),
+                num_heads=int(rt["num_heads"]),
+                num_layers=int(rt["num_layers"]),
+                num_layers_sub=int(rt["num_layers_sub"]),
+                code_depth=int(rt.get("code_depth", 3)),
+                code_size=int(rt.get("code_size", 16384)),
+                rope_theta=float(rt.get("rope_theta", 500000.0)),
+                rope_theta_sub=float(rt.get("rope_theta_sub", 500000.0)),
+                prompt_frames=int(rt.get("prompt_len", 10) * rt.get("frame_rate", 25)),
+                cfg_coef=float(rt.get("cfg_coef", 1.5)),
+                frame_rate=int(rt.get("frame_rate", 25)),
+                quantization=_quantization(cfg.get("quantization")),
+            )
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in cfg.items() if k in known}
+        values["delays"] = tuple(values.get("delays", cls.delays))
+        values["quantization"] = _quantization(values.get("quantization"))
+        return cls(**values)
+
+    def to_mlx(self) -> dict:
+        """The `config.json` written next to converted weights (JSON types only)."""
+        out = {"format": MLX_FORMAT, **asdict(self)}
+        out["delays"] = list(self.delays)
+        if self.quantization is None:
+            del out["quantization"]
+        return out
+
+
+def _quantization(q: dict | None) -> dict | None:
+    """Keep only what `mlx.nn.quantize` needs; mlx-lm and ailuntx both store `bits`/`group_size` (+ `mode`)."""
+    if not q:
+        return None
+    out = {"bits": int(q["bits"]), "group_size": int(q.get("group_size", 64))}
+    if q.get("mode", "affine") != "affine":
+        out["mode"] = str(q["mode"])
+    return out
