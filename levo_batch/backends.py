@@ -1,0 +1,83 @@
+"""The production stages: MLX LM, PyTorch decoder and prompt encoders, built lazily from the CLI settings.
+
+Heavy frameworks are imported only when a phase actually has work, so validation, --dry-run and --help stay
+instant and a decode-only run never loads the LM.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runtime import RuntimePaths
+
+UPSTREAM_SAMPLING = {"temperature": 0.8, "top_k": 5000}
+UPSTREAM_LOW_MEM_SAMPLING = {"temperature": 0.9, "top_k": 50}
+
+
+@dataclass
+class GenerationSettings:
+    ckpt_dir: Path
+    runtime: RuntimePaths
+    gen_type: str = "mixed"
+    low_mem: bool = False
+    batch_size: int = 8
+    decoder_batch: int = 4
+    max_duration: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    cfg_coef: float | None = None
+    greedy: bool = False
+    checkpoint_every: int = 100
+    device: str | None = None
+
+    def sampling(self, cfg_coef: float):
+        """Upstream's defaults (its low-memory path samples differently), overridden by explicit flags."""
+        from .lm.sampling import SamplingParams
+
+        base = UPSTREAM_LOW_MEM_SAMPLING if self.low_mem else UPSTREAM_SAMPLING
+        return SamplingParams(
+            temperature=self.temperature if self.temperature is not None else base["temperature"],
+            top_k=self.top_k if self.top_k is not None else base["top_k"],
+            cfg_coef=self.cfg_coef if self.cfg_coef is not None else cfg_coef,
+            greedy=self.greedy,
+        )
+
+
+class DefaultStages:
+    def __init__(self, settings: GenerationSettings):
+        self.settings = settings
+        self._generator = None
+
+    def prompts(self):
+        from .prompts.prepare import PromptPreparer
+
+        return PromptPreparer(self.settings.runtime, device=self.settings.device)
+
+    def generator(self):
+        from .lm.generate import MLXTokenGenerator
+        from .lm.loading import load_lm
+        from .lm.tokenizer import TextTokenizers
+
+        s = self.settings
+        loaded = load_lm(s.ckpt_dir)
+        tokenizers = TextTokenizers.from_dir(s.runtime.require(s.runtime.tokenizer_dir, "Qwen2 tokenizer"))
+        self._generator = MLXTokenGenerator(
+            loaded.model, loaded.config, tokenizers, model_id=loaded.model_id,
+            sampling=s.sampling(loaded.config.cfg_coef), batch_size=s.batch_size,
+            max_duration=s.max_duration, checkpoint_every=s.checkpoint_every)
+        return self._generator
+
+    def decoder(self):
+        from .decoder.septoken import SepTokenDecoder
+
+        s = self.settings
+        if self._generator is not None:
+            self._generator = None
+            gc.collect()
+            import mlx.core as mx
+
+            mx.clear_cache()
+        return SepTokenDecoder.load(s.runtime, device=s.device, batch_size=1 if s.low_mem else s.decoder_batch,
+                                    prompt_on_stems=not s.low_mem)

@@ -1,0 +1,282 @@
+"""One render run: validate every job, generate tokens (LM phase), decode audio (decoder phase), write outputs.
+
+Each phase loads its model once and hands all pending songs to it; every result is persisted as soon as it
+exists (token records, mid-song checkpoints, FLACs), so a run stopped at any point is resumed by running the
+same command again. The models are reached only through `Stages`, which tests replace with small doubles.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from .interrupt import StopRequested, interruptible
+from .jobs import Job, load_jobs
+from .lock import RunLock
+from .outputs import audio_paths, is_done, output_jsonl_path, write_flac, write_output_jsonl
+from .progress import LMProgress, log, song_bar
+from .stages import (
+    SAMPLE_RATE,
+    AudioDecoder,
+    DecodeRequest,
+    Prompt,
+    SongRequest,
+    TokenGenerator,
+    song_seed,
+)
+from .store import TokenStore, fingerprint
+from .text import lm_texts
+
+
+class PromptSource(Protocol):
+    def prepare(self, job: Job, seed: int) -> Prompt: ...
+
+
+class Stages(Protocol):
+    """Factories for the models; each is called at most once per run, only when its phase has work."""
+
+    def prompts(self) -> PromptSource: ...
+
+    def generator(self) -> TokenGenerator: ...
+
+    def decoder(self) -> AudioDecoder: ...
+
+
+@dataclass
+class RunOptions:
+    input_path: Path
+    save_dir: Path
+    gen_type: str = "mixed"
+    seed: int = 0
+    tokens_only: bool = False
+    decode_only: bool = False
+    overwrite: bool = False
+    dry_run: bool = False
+    strict: bool = False
+
+
+@dataclass
+class Summary:
+    done: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    audio_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def report(self) -> str:
+        lines = [
+            f"done {len(self.done)}, skipped {len(self.skipped)}, failed {len(self.failed)}; "
+            f"{self.audio_seconds:.1f} s of audio in {self.wall_seconds:.1f} s"
+        ]
+        lines += [f"  failed {idx}: {why}" for idx, why in self.failed.items()]
+        return "\n".join(lines)
+
+
+def stems_for(gen_type: str) -> tuple[str, ...]:
+    return ("main", "vocal", "bgm") if gen_type == "separate" else ("main",)
+
+
+def lm_mode(gen_type: str) -> str:
+    """Only --bgm changes what the LM sees; vocal/separate/mixed share one token record."""
+    return "bgm" if gen_type == "bgm" else "song"
+
+
+def run(opts: RunOptions, stages: Stages) -> Summary:
+    """Render every job of `opts.input_path`; raises before touching SAVE_DIR if the input is invalid."""
+    started = time.monotonic()
+    jobs, warnings = load_jobs(opts.input_path, strict=opts.strict)
+    for problem in warnings:
+        log(f"warning: {problem}")
+    summary = Summary()
+    stems = stems_for(opts.gen_type)
+    if opts.dry_run:
+        print_plan(jobs, opts, stems)
+        return summary
+    opts.save_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(opts.save_dir), interruptible():
+        store = TokenStore(opts.save_dir, strict=opts.strict)
+        todo = []
+        for job in jobs:
+            if not opts.overwrite and is_done(opts.save_dir, job.idx, stems):
+                summary.skipped.append(job.idx)
+            else:
+                todo.append(job)
+        prompts: dict[str, Prompt] = {}
+        if todo:
+            prompts = prepare_prompts(todo, opts, stages, summary)
+            todo = [job for job in todo if job.idx in prompts]
+        if todo and not opts.decode_only:
+            lm_phase(todo, prompts, opts, stages, store, summary)
+        if todo and not opts.tokens_only:
+            decoder_phase(todo, prompts, opts, stages, store, summary, stems)
+        if not opts.tokens_only:
+            write_results(jobs, opts, store, stems)
+    summary.wall_seconds = time.monotonic() - started
+    return summary
+
+
+def print_plan(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...]) -> None:
+    store_dir = opts.save_dir / "tokens"
+    for job in jobs:
+        if not opts.overwrite and is_done(opts.save_dir, job.idx, stems):
+            state = "audio present: skip"
+        elif (store_dir / f"{job.idx}.npz").exists():
+            state = "tokens present: decode (checked against the model at run time)"
+        elif (store_dir / f"{job.idx}.partial.npz").exists():
+            state = "partial tokens: resume LM, then decode"
+        else:
+            state = "new: LM, then decode"
+        if opts.tokens_only and "decode" in state:
+            state = state.replace(", then decode", "").replace("decode", "nothing to do (--tokens-only)")
+        prompt = ("prompt audio" if job.prompt_audio_path else
+                  f"auto prompt {job.auto_prompt_audio_type}" if job.auto_prompt_audio_type else "no prompt")
+        print(f"{job.idx}: {state} [{prompt}]")
+    print(f"{len(jobs)} jobs, generation type {opts.gen_type}, output {opts.save_dir}")
+
+
+def prepare_prompts(jobs: Sequence[Job], opts: RunOptions, stages: Stages, summary: Summary) -> dict[str, Prompt]:
+    """Prompt tokens (LM) and audio (decoder); a bad prompt fails its own song only."""
+    from .prompts.errors import PromptError
+
+    source = None
+    prompts: dict[str, Prompt] = {}
+    for job in jobs:
+        if not (job.prompt_audio_path or job.auto_prompt_audio_type):
+            prompts[job.idx] = Prompt(tokens=None)
+            continue
+        source = source or stages.prompts()
+        try:
+            prompts[job.idx] = source.prepare(job, song_seed(opts.seed, job.idx))
+        except PromptError as exc:
+            summary.failed[job.idx] = str(exc)
+            log(f"error: {job.idx}: {exc}")
+    return prompts
+
+
+def token_fingerprint(generator_fp: dict, job: Job, opts: RunOptions, prompt: Prompt) -> str:
+    lyrics, descriptions = lm_texts(job.gt_lyric, job.descriptions, opts.gen_type)
+    return fingerprint({
+        "lm": generator_fp,
+        "seed": song_seed(opts.seed, job.idx),
+        "mode": lm_mode(opts.gen_type),
+        "lyrics": lyrics,
+        "descriptions": descriptions,
+        "prompt": prompt.tokens if prompt.tokens is not None else "none",
+    })
+
+
+class StoreSink:
+    """TokenSink that persists every checkpoint and result before the run may be stopped."""
+
+    def __init__(self, store: TokenStore, fps: dict[str, str], metas: dict[str, dict],
+                 bars: LMProgress, summary: Summary):
+        self.store, self.fps, self.metas, self.bars, self.summary = store, fps, metas, bars, summary
+
+    def checkpoint(self, idx: str, state: dict[str, np.ndarray]) -> None:
+        self.store.save_partial(idx, state, self.fps[idx])
+        StopRequested.check()
+
+    def finished(self, idx: str, tokens: np.ndarray) -> None:
+        self.store.save(idx, tokens, self.fps[idx], self.metas[idx])
+        self.bars.finished(idx, tokens.shape[-1])
+        StopRequested.check()
+
+    def progress(self, idx: str, step: int, total: int) -> None:
+        self.bars.step(idx, step, total)
+        StopRequested.check()
+
+
+def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, stages: Stages,
+             store: TokenStore, summary: Summary) -> None:
+    generator = stages.generator()
+    generator_fp = generator.fingerprint()
+    fps, metas, requests = {}, {}, []
+    for job in jobs:
+        prompt = prompts[job.idx]
+        fp = token_fingerprint(generator_fp, job, opts, prompt)
+        if opts.overwrite:
+            store.remove(job.idx)
+        elif store.load(job.idx, fp) is not None:
+            continue
+        lyrics, descriptions = lm_texts(job.gt_lyric, job.descriptions, opts.gen_type)
+        seed = song_seed(opts.seed, job.idx)
+        fps[job.idx] = fp
+        metas[job.idx] = {"seed": seed, "prompt": prompt.info}
+        requests.append(SongRequest(job.idx, lyrics, descriptions, prompt.tokens, seed,
+                                    resume=store.load_partial(job.idx, fp)))
+    if not requests:
+        return
+    resumed = sum(r.resume is not None for r in requests)
+    log(f"LM phase: {len(requests)} songs" + (f" ({resumed} resumed mid-song)" if resumed else ""))
+    with LMProgress(len(requests), generator.max_steps()) as bars:
+        generator.generate(requests, StoreSink(store, fps, metas, bars, summary))
+
+
+def decoder_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, stages: Stages,
+                  store: TokenStore, summary: Summary, stems: tuple[str, ...]) -> None:
+    requests = []
+    for job in jobs:
+        record = store.load_any(job.idx)
+        if record is None:
+            if opts.decode_only or job.idx not in summary.failed:
+                summary.failed.setdefault(job.idx, "no complete tokens to decode (run without --decode-only)")
+            continue
+        requests.append(DecodeRequest(job.idx, record.tokens, opts.gen_type, song_seed(opts.seed, job.idx),
+                                      prompts[job.idx].audio))
+    if not requests:
+        return
+    decoder = stages.decoder()
+    log(f"decoder phase: {len(requests)} songs")
+    with song_bar(len(requests), "decoding") as bar:
+        pending = {r.idx: r for r in requests}
+        try:
+            decode_into(decoder, list(pending.values()), opts, pending, summary, bar)
+        except StopRequested:
+            raise
+        except Exception as exc:  # one bad song must not sink the batch: retry the rest one by one
+            log(f"warning: batched decode failed ({exc}); decoding the remaining songs one at a time")
+            for request in list(pending.values()):
+                try:
+                    decode_into(decoder, [request], opts, pending, summary, bar)
+                except StopRequested:
+                    raise
+                except Exception as one:
+                    pending.pop(request.idx)
+                    summary.failed[request.idx] = f"decoding failed: {one}"
+                    log(f"error: {request.idx}: decoding failed: {one}")
+
+
+def decode_into(decoder: AudioDecoder, requests: list[DecodeRequest], opts: RunOptions,
+                pending: dict[str, DecodeRequest], summary: Summary, bar) -> None:
+    for idx, audio in decoder.decode(requests):
+        paths = audio_paths(opts.save_dir, idx, tuple(audio))
+        for stem, path in paths.items():
+            write_flac(path, audio[stem], decoder.sample_rate)
+        pending.pop(idx, None)
+        summary.done.append(idx)
+        summary.audio_seconds += audio["main"].shape[-1] / SAMPLE_RATE
+        bar.update(1)
+        StopRequested.check()
+
+
+def write_results(jobs: Sequence[Job], opts: RunOptions, store: TokenStore, stems: tuple[str, ...]) -> None:
+    """Upstream's result jsonl: every finished item in input order, plus `wav_path` and prompt facts."""
+    items = []
+    for job in jobs:
+        if not is_done(opts.save_dir, job.idx, stems):
+            continue
+        item = dict(job.item)
+        record = store.load_any(job.idx)
+        if record is not None and record.meta.get("prompt"):
+            item.update(record.meta["prompt"])
+        items.append(item)
+    if items:
+        write_output_jsonl(output_jsonl_path(opts.save_dir, opts.input_path), items, opts.save_dir)
