@@ -41,9 +41,6 @@ class SafetensorsDict(Mapping[str, torch.Tensor]):
     def __contains__(self, key: object) -> bool:
         return key in self._keys
 
-    def __repr__(self) -> str:
-        return str(self.path)
-
 
 def take(sd: Mapping[str, torch.Tensor], prefix: str, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """`{name: sd[prefix + name]}` for every name, or one KeyError listing all missing keys and the source."""
@@ -52,9 +49,12 @@ def take(sd: Mapping[str, torch.Tensor], prefix: str, names: Iterable[str]) -> d
     if missing:
         shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
         raise KeyError(
-            f"{sd!r} lacks {len(missing)} tensor(s) the decoder needs: {shown}. "
-            "Is it the official ckpt/model_septoken/model_2.safetensors (re-download it if truncated)?"
-            if isinstance(sd, SafetensorsDict)
-            else f"state dict lacks {len(missing)} tensor(s) the decoder needs: {shown}."
+            f"{source_name(sd)} lacks {len(missing)} tensor(s) the decoder needs: {shown}. Is it the official "
+            "ckpt/model_septoken/model_2.safetensors? Re-download it if it is truncated."
         )
     return {n: sd[prefix + n] for n in names}
+
+
+def source_name(sd: Mapping[str, torch.Tensor]) -> str:
+    """The file behind a state dict for error messages (in-memory dicts have none)."""
+    return str(sd.path) if isinstance(sd, SafetensorsDict) else "the given state dict"
