@@ -44,7 +44,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    "or an MLX conversion (config.json + *.safetensors)")
     p.add_argument("input_jsonl", type=Path, help="jobs: one JSON object per line (idx, gt_lyric, "
                    "descriptions, prompt_audio_path, auto_prompt_audio_type)")
-    p.add_argument("save_dir", type=Path, help="output folder: audios/, jsonl/, tokens/")
+    p.add_argument("save_dir", help="output folder: audios/, jsonl/, tokens/")
     for flag in ("separate", "bgm", "vocal"):
         p.add_argument(f"--{flag}", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--low_mem", action="store_true", help=argparse.SUPPRESS)
@@ -95,8 +95,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
             f"MLX conversion with config.json + *.safetensors)")
         return EXIT_USAGE
     gen_type = gen_type_of(args)
-    opts = RunOptions(args.input_jsonl, args.save_dir, gen_type, args.seed, args.tokens_only,
-                      args.decode_only, args.overwrite, args.dry_run, args.strict)
+    opts = RunOptions(args.input_jsonl, Path(args.save_dir), gen_type, args.seed, args.tokens_only,
+                      args.decode_only, args.overwrite, args.dry_run, args.strict,
+                      save_dir_text=args.save_dir)
     settings = GenerationSettings(
         ckpt_dir=args.ckpt_dir, runtime=RuntimePaths.resolve(args.runtime_dir), gen_type=gen_type,
         low_mem=args.low_mem, batch_size=args.batch_size, decoder_batch=args.decoder_batch,

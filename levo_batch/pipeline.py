@@ -17,7 +17,7 @@ import numpy as np
 from .interrupt import StopRequested, interruptible
 from .jobs import Job, load_jobs
 from .lock import RunLock
-from .outputs import audio_paths, is_done, output_jsonl_path, write_flac, write_output_jsonl
+from .outputs import audio_paths, is_done, output_item, output_jsonl_path, write_flac, write_output_jsonl
 from .progress import LMProgress, log, song_bar
 from .stages import (
     SAMPLE_RATE,
@@ -57,6 +57,8 @@ class RunOptions:
     overwrite: bool = False
     dry_run: bool = False
     strict: bool = False
+    save_dir_text: str | None = None
+    """SAVE_DIR as typed: upstream writes `wav_path` from it verbatim."""
 
 
 @dataclass
@@ -273,10 +275,8 @@ def write_results(jobs: Sequence[Job], opts: RunOptions, store: TokenStore, stem
     for job in jobs:
         if not is_done(opts.save_dir, job.idx, stems):
             continue
-        item = dict(job.item)
         record = store.load_any(job.idx)
-        if record is not None and record.meta.get("prompt"):
-            item.update(record.meta["prompt"])
-        items.append(item)
+        extra = record.meta.get("prompt") if record is not None else None
+        items.append(output_item(job.item, opts.save_dir_text or str(opts.save_dir), extra))
     if items:
-        write_output_jsonl(output_jsonl_path(opts.save_dir, opts.input_path), items, opts.save_dir)
+        write_output_jsonl(output_jsonl_path(opts.save_dir, opts.input_path), items)
