@@ -211,6 +211,14 @@ class TokenStore:
 
     def load(self, idx: str, fp: FingerprintLike) -> Record | None:
         """The finished record, or None when absent, unreadable or stale (strict stores raise on stale)."""
+        record = self.load_any(idx)
+        if record is None or record.fingerprint == _digest(fp):
+            return record
+        self._stale(idx, self.path(idx), record.meta.get("fingerprint_parts"), fp)
+        return None
+
+    def load_any(self, idx: str) -> Record | None:
+        """The finished record whatever settings made it (decoding stored tokens needs no LM to check them)."""
         path = self.path(idx)
         if not path.exists():
             return None
@@ -223,13 +231,10 @@ class TokenStore:
                 )
             if record.tokens.ndim != 2 or record.tokens.shape[0] != 3:
                 raise ValueError(f"tokens have shape {record.tokens.shape}")
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile, orjson.JSONDecodeError) as e:
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
             log.warning("Ignoring unreadable token record %s (%s); song %s will be regenerated.", path, e, idx)
             return None
-        if record.fingerprint == _digest(fp):
-            return record
-        self._stale(idx, path, record.meta.get("fingerprint_parts"), fp)
-        return None
+        return record
 
     def _stale(self, idx: str, path: Path, old_parts: dict | None, fp: FingerprintLike) -> None:
         changed = ""

@@ -206,6 +206,7 @@ def test_stale_record_is_reported_and_skipped(tmp_path, caplog):
     assert "Stale token record" in caplog.text and "sampling.temperature: 0.9 -> 1.0" in caplog.text
     assert store.status("s", newer) == "stale"
     assert store.load("s", Fingerprint.of(PARTS)) is not None
+    assert store.load_any("s").tokens.tolist() == [[1], [2], [3]]
 
 
 def test_strict_store_refuses_stale_record(tmp_path):
@@ -235,6 +236,7 @@ def test_corrupt_record_is_stale_never_a_crash(tmp_path, caplog, damage):
         np.savez(path, tokens=np.zeros((3, 2), dtype=np.int16))
     with caplog.at_level(logging.WARNING):
         assert store.load("s", "fp") is None
+        assert store.load_any("s") is None
     assert "unreadable token record" in caplog.text and str(path) in caplog.text
     assert store.status("s", "fp") == "stale"
 
