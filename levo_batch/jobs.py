@@ -109,8 +109,10 @@ class _Line:
     path: Path
     number: int
     problems: list[Problem]
+    errors: int = 0
 
     def error(self, field_name: str, message: str) -> None:
+        self.errors += 1
         self.problems.append(Problem(self.path, self.number, field_name, message))
 
     def warning(self, field_name: str, message: str) -> None:
@@ -154,7 +156,6 @@ def _parse(raw: bytes, at: _Line) -> dict | None:
 
 def _check_item(item: dict, at: _Line, search_dirs: list[Path], first_line: dict[str, int]) -> Job | None:
     """Report every problem of one object; a Job only when it has no error (warnings allowed)."""
-    errors_before = _error_count(at)
     idx = _check_idx(item, at, first_line)
     gt_lyric = _check_lyric(item, at)
     descriptions = item.get("descriptions")
@@ -172,13 +173,9 @@ def _check_item(item: dict, at: _Line, search_dirs: list[Path], first_line: dict
             "cannot be combined with prompt_audio_path (upstream rejects the pair); keep only one of them",
         )
     _check_unknown_keys(item, at)
-    if _error_count(at) > errors_before:
+    if at.errors:
         return None
     return Job(idx, at.number, gt_lyric, descriptions, prompt_path, auto_type, item)
-
-
-def _error_count(at: _Line) -> int:
-    return sum(p.severity == "error" for p in at.problems)
 
 
 def _check_idx(item: dict, at: _Line, first_line: dict[str, int]) -> str | None:
@@ -229,7 +226,7 @@ def _unsafe_file_name(idx: str) -> str | None:
 
 def _check_lyric(item: dict, at: _Line) -> str | None:
     if "gt_lyric" not in item:
-        at.error("gt_lyric", f"missing; add the lyrics, e.g. \"gt_lyric\": \"{_LYRIC_EXAMPLE}\" (needed even for --bgm)")
+        at.error("gt_lyric", f'missing; add the lyrics, e.g. "gt_lyric": "{_LYRIC_EXAMPLE}" (needed even for --bgm)')
         return None
     lyric = item["gt_lyric"]
     if not isinstance(lyric, str):

@@ -12,6 +12,7 @@ from levo_batch.text import AUTO_PROMPT_TYPES, STRUCTURE_TAGS
 REPO = Path(__file__).resolve().parents[1]
 LYRIC = "[intro-short] ; [verse] Hello there. Here we go. ; [chorus] La la la. ; [outro-short]"
 ALLOWED = ", ".join(AUTO_PROMPT_TYPES)
+ESCAPES = "contains a path separator ('/' or '\\') and would escape the output folder; replace it (e.g. with '_')"
 
 
 def write_jsonl(path: Path, *lines: dict | str | bytes) -> Path:
@@ -51,8 +52,9 @@ def test_valid_jobs_keep_order_line_numbers_and_original_items(tmp_path):
     )
     jobs, warnings = load_jobs(path, cwd=tmp_path / "elsewhere")
     assert warnings == []
+    first = song("b", descriptions="Female, Pop", title="x", extra={"k": [1]})
     assert jobs == [
-        Job("b", 1, LYRIC, "Female, Pop", None, None, song("b", descriptions="Female, Pop", title="x", extra={"k": [1]})),
+        Job("b", 1, LYRIC, "Female, Pop", None, None, first),
         Job("a", 4, LYRIC, None, prompt.resolve(), None, song("a", prompt_audio_path="clip.wav", descriptions=None)),
         Job("c", 5, LYRIC, None, None, "R&B/Soul", song("c", auto_prompt_audio_type="R&B/Soul")),
     ]
@@ -86,7 +88,8 @@ def test_every_problem_of_every_line_is_reported_at_once(tmp_path):
         'line ; [chorus] ... ; [outro-short]" (needed even for --bgm)',
         f'{path}:4: descriptions: must be a string of comma-separated style tags such as "female, pop, sad, piano and '
         'drums, the bpm is 120" (or null / left out), got the number 3',
-        f"{path}:4: auto_prompt_audio_type: unknown type 'pop'; did you mean 'Pop'? allowed (case-sensitive): {ALLOWED}",
+        f"{path}:4: auto_prompt_audio_type: unknown type 'pop'; did you mean 'Pop'? "
+        f"allowed (case-sensitive): {ALLOWED}",
         f"{path}:5: idx: duplicate 'ok', first used on line 1; every job needs its own idx",
         f"{path}:6: gt_lyric: section 1: unknown tag [Verse] (the model reads it as plain text); did you mean "
         f"[verse]? known tags: {', '.join(STRUCTURE_TAGS)} (warning)",
@@ -126,10 +129,10 @@ def test_lyric_warnings_are_returned_or_fatal_with_strict(tmp_path):
 @pytest.mark.parametrize(
     "idx, reason",
     [
-        ("../escape", "contains a path separator ('/' or '\\') and would escape the output folder; replace it (e.g. with '_')"),
-        ("a/b", "contains a path separator ('/' or '\\') and would escape the output folder; replace it (e.g. with '_')"),
-        ("/etc/passwd", "contains a path separator ('/' or '\\') and would escape the output folder; replace it (e.g. with '_')"),
-        ("..\\..\\win", "contains a path separator ('/' or '\\') and would escape the output folder; replace it (e.g. with '_')"),
+        ("../escape", ESCAPES),
+        ("a/b", ESCAPES),
+        ("/etc/passwd", ESCAPES),
+        ("..\\..\\win", ESCAPES),
         ("..", "is a directory name, not a file name; use a plain name such as 'song_01'"),
         (".", "is a directory name, not a file name; use a plain name such as 'song_01'"),
         (".hidden", "starts with '.' and would become a hidden file; remove the leading dot"),
@@ -179,7 +182,8 @@ def test_missing_idx_and_bad_lyric_type(tmp_path):
 def test_line_level_format_errors(tmp_path):
     path = write_jsonl(tmp_path / "in.jsonl", '"just a string"', "{", b'{"idx": "\xff"}', "7")
     assert report(path)[:4] == [
-        f'{path}:1: line: is the string \'just a string\', expected an object like {{"idx": "song_01", "gt_lyric": ...}}',
+        f"{path}:1: line: is the string 'just a string', expected an object like "
+        '{"idx": "song_01", "gt_lyric": ...}',
         f"{path}:2: line: invalid JSON at column 2: unexpected end of data; each line must be one complete JSON object",
         f"{path}:3: line: is not valid UTF-8 (byte 10); save the file as UTF-8",
         f'{path}:4: line: is the number 7, expected an object like {{"idx": "song_01", "gt_lyric": ...}}',
