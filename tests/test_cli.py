@@ -1,0 +1,87 @@
+"""Command line: upstream flag semantics, help text, exit codes, and generate.sh as a drop-in."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from levo_batch.cli import build_parser, gen_type_of, main
+
+REPO = Path(__file__).resolve().parents[1]
+LYRIC = "[intro-short] ; [verse] Hello there.Small song ; [outro-short]"
+
+
+def upstream_gen_type(argv: list[str]) -> str:
+    """Upstream generate.sh: one pass per flag in the order separate, bgm, vocal; the last match wins."""
+    gen_type = "mixed"
+    for flag, name in (("--separate", "separate"), ("--bgm", "bgm"), ("--vocal", "vocal")):
+        if flag in argv:
+            gen_type = name
+    return gen_type
+
+
+FLAG_SETS = [list(p) for n in range(4) for c in itertools.combinations(["--separate", "--bgm", "--vocal"], n)
+             for p in itertools.permutations(c)]
+
+
+@pytest.mark.parametrize("flags", FLAG_SETS, ids=lambda f: " ".join(f) or "none")
+def test_generation_type_precedence_matches_upstream(flags):
+    for where in ("after", "between"):
+        argv = ["generate", "ck", "in.jsonl", "out", *flags] if where == "after" else \
+               ["generate", "ck", *flags, "in.jsonl", "out"]
+        args = build_parser().parse_args(argv)
+        assert gen_type_of(args) == upstream_gen_type(flags)
+        assert (args.ckpt_dir, args.input_jsonl, args.save_dir) == (Path("ck"), Path("in.jsonl"), "out")
+
+
+def test_upstream_memory_and_attention_flags_are_accepted():
+    args = build_parser().parse_args(["generate", "ck", "in.jsonl", "out", "--low_mem", "--not_use_flash_attn"])
+    assert args.low_mem and args.not_use_flash_attn
+
+
+def test_help_documents_every_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--bgm", "--vocal", "--separate", "--low_mem", "--not_use_flash_attn", "--seed", "--batch-size",
+                 "--max-duration", "--tokens-only", "--decode-only", "--overwrite", "--dry-run", "--strict",
+                 "--runtime-dir", "--checkpoint-every", "--temperature", "--top-k", "--greedy", "--device"):
+        assert flag in text
+    assert "no-op" in text  # says what --not_use_flash_attn does
+    for command in ("convert", "download"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert "--" in capsys.readouterr().out
+
+
+def test_invalid_jsonl_exits_2_with_file_line_field(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"idx": "a", "gt_lyric": LYRIC}) + "\n{not json\n")
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    assert main(["generate", str(ckpt), str(bad), str(tmp_path / "out")]) == 2
+    assert f"{bad}:2:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_checkpoint_dir_exits_2(tmp_path, capsys):
+    good = tmp_path / "ok.jsonl"
+    good.write_text(json.dumps({"idx": "a", "gt_lyric": LYRIC}) + "\n")
+    assert main(["generate", str(tmp_path / "nope"), str(good), str(tmp_path / "out")]) == 2
+    assert "checkpoint folder" in capsys.readouterr().err
+
+
+def test_generate_sh_forwards_to_the_cli(tmp_path):
+    good = tmp_path / "ok.jsonl"
+    good.write_text(json.dumps({"idx": "song1", "gt_lyric": LYRIC}) + "\n")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(["sh", str(REPO / "generate.sh"), "ck", str(good), str(tmp_path / "out"), "--bgm",
+                           "--dry-run"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "song1: new: LM, then decode" in done.stdout and "generation type bgm" in done.stdout
