@@ -52,39 +52,41 @@ class VAEConfig:
         if "pretransform" in model:
             model = model["pretransform"]["config"]
         try:
-            enc, dec = model["encoder"], model["decoder"]
-            ec, dc = enc["config"], dec["config"]
-            bottleneck = model.get("bottleneck", {}).get("type")
-            config = cls(
-                channels=dc["channels"], c_mults=tuple(dc["c_mults"]), strides=tuple(dc["strides"]),
-                latent_dim=model["latent_dim"], io_channels=model["io_channels"],
-                use_snake=dc.get("use_snake", False), final_tanh=dc.get("final_tanh", True),
-                sample_rate=data.get("sample_rate", cls.sample_rate),
-            )
-            problems = [
-                *(f"{name} type {part.get('type')!r} (only 'oobleck')"
-                  for name, part in (("encoder", enc), ("decoder", dec)) if part.get("type") != "oobleck"),
-                *([f"bottleneck {bottleneck!r} (only 'vae')"] if bottleneck != "vae" else []),
-                *(f"{key} differs between encoder and decoder" for key in ("channels", "c_mults", "strides")
-                  if ec[key] != dc[key]),
-                *([f"use_snake differs between encoder and decoder"]
-                  if ec.get("use_snake", False) != config.use_snake else []),
-                *(f"{key}=true" for cfg in (ec, dc) for key in ("antialias_activation", "use_nearest_upsample")
-                  if cfg.get(key)),
-                *([f"encoder latent_dim {ec['latent_dim']} != 2 * latent_dim {config.latent_dim}"]
-                  if ec["latent_dim"] != 2 * config.latent_dim else []),
-                *([f"decoder latent_dim {dc['latent_dim']} != latent_dim {config.latent_dim}"]
-                  if dc["latent_dim"] != config.latent_dim else []),
-                *([f"in_channels/out_channels != io_channels {config.io_channels}"]
-                  if (ec.get("in_channels", 2), dc.get("out_channels", 2)) != (config.io_channels,) * 2 else []),
-                *([f"downsampling_ratio {model['downsampling_ratio']} != prod(strides) "
-                   f"{config.downsampling_ratio}"] if model["downsampling_ratio"] != config.downsampling_ratio
-                  else []),
-            ]
+            config = cls._parse(data, model)
         except (KeyError, TypeError) as e:
             raise ValueError(f"{path}: not a stable-audio-tools autoencoder config (missing/invalid {e})") from e
-        if problems:
-            raise ValueError(f"{path}: unsupported VAE config: " + "; ".join(problems))
+        except ValueError as e:
+            raise ValueError(f"{path}: unsupported VAE config: {e}") from e
+        return config
+
+    @classmethod
+    def _parse(cls, data: dict, model: dict) -> "VAEConfig":
+        enc, dec = model["encoder"], model["decoder"]
+        for name, part in (("encoder", enc), ("decoder", dec)):
+            if part["type"] != "oobleck":
+                raise ValueError(f"{name} type {part['type']!r} (only 'oobleck' is implemented)")
+        if model.get("bottleneck", {}).get("type") != "vae":
+            raise ValueError(f"bottleneck {model.get('bottleneck')!r} (only type 'vae' is implemented)")
+        ec, dc = enc["config"], dec["config"]
+        config = cls(
+            channels=dc["channels"], c_mults=tuple(dc["c_mults"]), strides=tuple(dc["strides"]),
+            latent_dim=model["latent_dim"], io_channels=model["io_channels"],
+            use_snake=dc.get("use_snake", False), final_tanh=dc.get("final_tanh", True),
+            sample_rate=data.get("sample_rate", cls.sample_rate),
+        )
+        mirrored = (ec["channels"], tuple(ec["c_mults"]), tuple(ec["strides"]), ec.get("use_snake", False))
+        if mirrored != (config.channels, config.c_mults, config.strides, config.use_snake):
+            raise ValueError("encoder and decoder differ in channels/c_mults/strides/use_snake")
+        if any(cfg.get(k) for cfg in (ec, dc) for k in ("antialias_activation", "use_nearest_upsample")):
+            raise ValueError("antialias_activation / use_nearest_upsample are not implemented")
+        if (ec["latent_dim"], dc["latent_dim"]) != (2 * config.latent_dim, config.latent_dim):
+            raise ValueError(f"encoder/decoder latent_dim {ec['latent_dim']}/{dc['latent_dim']} do not fit a "
+                             f"VAE bottleneck with latent_dim {config.latent_dim}")
+        if (ec.get("in_channels", 2), dc.get("out_channels", 2)) != (config.io_channels,) * 2:
+            raise ValueError(f"encoder in_channels / decoder out_channels differ from io_channels {config.io_channels}")
+        if model["downsampling_ratio"] != config.downsampling_ratio:
+            raise ValueError(f"downsampling_ratio {model['downsampling_ratio']} != prod(strides) "
+                             f"{config.downsampling_ratio}")
         return config
 
 
