@@ -197,12 +197,11 @@ class TokenStore:
         """Store a finished song, then drop its checkpoint (a crash in between leaves both; "done" wins)."""
         if tokens.ndim != 2 or tokens.shape[0] != 3 or tokens.dtype.kind not in "iu":
             raise ValueError(f"song {idx}: expected integer tokens of shape [3, T], got {tokens.dtype} {tokens.shape}")
-        small = tokens.size == 0 or (tokens.min() >= np.iinfo(np.int16).min and tokens.max() <= np.iinfo(np.int16).max)
         meta = dict(meta or {})
         if isinstance(fp, Fingerprint):
             meta["fingerprint_parts"] = fp.parts
         arrays = {
-            "tokens": tokens.astype(np.int16 if small else np.int32),
+            "tokens": tokens.astype(_narrowest_int(tokens)),
             "fingerprint": np.array(_digest(fp)),
             "meta": np.frombuffer(orjson.dumps(meta, default=_canonical_default), dtype=np.uint8),
         }
@@ -288,6 +287,12 @@ class TokenStore:
         """Forget a song (e.g. for --overwrite)."""
         self.path(idx).unlink(missing_ok=True)
         self.partial_path(idx).unlink(missing_ok=True)
+
+
+def _narrowest_int(a: np.ndarray) -> type:
+    """Codes (< 16386) fit int16; anything else an LM might emit is kept exactly in a wider type."""
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    return next(t for t in (np.int16, np.int32, np.int64) if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
 
 
 def _stored_digest(path: Path, key: str) -> str | None:

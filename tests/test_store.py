@@ -82,7 +82,8 @@ WRITER = textwrap.dedent(
 def test_sigkill_mid_write_never_leaves_a_corrupt_record(tmp_path):
     rng = random.Random(0)
     for attempt in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(attempt * 1000)], stdout=subprocess.PIPE)
+        args = [sys.executable, "-c", WRITER, str(tmp_path), str(attempt * 1000)]
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE)
         assert proc.stdout.readline() == b"ready\n"
         time.sleep(rng.uniform(0.0, 0.3))
         proc.send_signal(signal.SIGKILL)
@@ -177,9 +178,10 @@ def test_save_and_load_round_trip(tmp_path):
 
 def test_wide_tokens_are_kept_exactly(tmp_path):
     store = TokenStore(tmp_path)
-    tokens = tokens_of([70000, -1], [0, 1], [2, 3])
-    store.save("w", tokens, "fp")
-    np.testing.assert_array_equal(store.load("w", "fp").tokens, tokens)
+    for wide in (70000, 2**40):
+        tokens = tokens_of([wide, -1], [0, 1], [2, 3])
+        store.save("w", tokens, "fp")
+        np.testing.assert_array_equal(store.load("w", "fp").tokens, tokens)
 
 
 def test_save_rejects_malformed_tokens(tmp_path):
