@@ -84,9 +84,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .jobs import JobsError
     from .lock import LockHeldError
     from .pipeline import RunOptions, run
-    from .progress import log
+    from .progress import log, setup_logging
     from .runtime import RuntimePaths
 
+    setup_logging()
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
         return EXIT_USAGE

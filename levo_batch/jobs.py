@@ -218,6 +218,8 @@ def _unsafe_file_name(idx: str) -> str | None:
         return f"contains {' '.join(forbidden)}, not allowed in Windows file names; replace them (e.g. with '_')"
     if idx.split(".")[0].strip().upper() in _WINDOWS_RESERVED:
         return "is a reserved device name on Windows; rename it (e.g. add a prefix)"
+    if idx.endswith(".partial"):
+        return "ends with '.partial', which names mid-song checkpoints in SAVE_DIR/tokens; rename it"
     size = len(idx.encode("utf-8"))
     if size > MAX_IDX_BYTES:
         return f"is {size} bytes long in UTF-8; shorten it to at most {MAX_IDX_BYTES} bytes"

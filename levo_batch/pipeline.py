@@ -28,7 +28,7 @@ from .stages import (
     TokenGenerator,
     song_seed,
 )
-from .store import TokenStore, fingerprint
+from .store import Fingerprint, TokenStore, sweep_temp_files
 from .text import lm_texts
 
 
@@ -105,6 +105,8 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
     opts.save_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(opts.save_dir), interruptible():
         store = TokenStore(opts.save_dir, strict=opts.strict)
+        for folder in ("audios", "jsonl"):
+            sweep_temp_files(opts.save_dir / folder)
         todo = []
         for job in jobs:
             if not opts.overwrite and is_done(opts.save_dir, job.idx, stems):
@@ -116,7 +118,7 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
             prompts = prepare_prompts(todo, opts, stages, summary)
             todo = [job for job in todo if job.idx in prompts]
         if todo and not opts.decode_only:
-            lm_phase(todo, prompts, opts, stages, store, summary)
+            lm_phase(todo, prompts, opts, stages, store)
         if todo and not opts.tokens_only:
             decoder_phase(todo, prompts, opts, stages, store, summary, stems)
         if not opts.tokens_only:
@@ -163,9 +165,9 @@ def prepare_prompts(jobs: Sequence[Job], opts: RunOptions, stages: Stages, summa
     return prompts
 
 
-def token_fingerprint(generator_fp: dict, job: Job, opts: RunOptions, prompt: Prompt) -> str:
+def token_fingerprint(generator_fp: dict, job: Job, opts: RunOptions, prompt: Prompt) -> Fingerprint:
     lyrics, descriptions = lm_texts(job.gt_lyric, job.descriptions, opts.gen_type)
-    return fingerprint({
+    return Fingerprint.of({
         "lm": generator_fp,
         "seed": song_seed(opts.seed, job.idx),
         "mode": lm_mode(opts.gen_type),
@@ -178,9 +180,8 @@ def token_fingerprint(generator_fp: dict, job: Job, opts: RunOptions, prompt: Pr
 class StoreSink:
     """TokenSink that persists every checkpoint and result before the run may be stopped."""
 
-    def __init__(self, store: TokenStore, fps: dict[str, str], metas: dict[str, dict],
-                 bars: LMProgress, summary: Summary):
-        self.store, self.fps, self.metas, self.bars, self.summary = store, fps, metas, bars, summary
+    def __init__(self, store: TokenStore, fps: dict[str, Fingerprint], metas: dict[str, dict], bars: LMProgress):
+        self.store, self.fps, self.metas, self.bars = store, fps, metas, bars
 
     def checkpoint(self, idx: str, state: dict[str, np.ndarray]) -> None:
         self.store.save_partial(idx, state, self.fps[idx])
@@ -197,7 +198,7 @@ class StoreSink:
 
 
 def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, stages: Stages,
-             store: TokenStore, summary: Summary) -> None:
+             store: TokenStore) -> None:
     generator = stages.generator()
     generator_fp = generator.fingerprint()
     fps, metas, requests = {}, {}, []
@@ -219,7 +220,7 @@ def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, 
     resumed = sum(r.resume is not None for r in requests)
     log(f"LM phase: {len(requests)} songs" + (f" ({resumed} resumed mid-song)" if resumed else ""))
     with LMProgress(len(requests), generator.max_steps()) as bars:
-        generator.generate(requests, StoreSink(store, fps, metas, bars, summary))
+        generator.generate(requests, StoreSink(store, fps, metas, bars))
 
 
 def decoder_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, stages: Stages,
@@ -228,8 +229,7 @@ def decoder_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOpti
     for job in jobs:
         record = store.load_any(job.idx)
         if record is None:
-            if opts.decode_only or job.idx not in summary.failed:
-                summary.failed.setdefault(job.idx, "no complete tokens to decode (run without --decode-only)")
+            summary.failed.setdefault(job.idx, "no complete tokens to decode (run without --decode-only)")
             continue
         requests.append(DecodeRequest(job.idx, record.tokens, opts.gen_type, song_seed(opts.seed, job.idx),
                                       prompts[job.idx].audio))

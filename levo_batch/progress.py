@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 from tqdm import tqdm
@@ -9,6 +10,20 @@ from tqdm import tqdm
 
 def log(message: str) -> None:
     tqdm.write(message, file=sys.stderr)
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        log(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+def setup_logging() -> None:
+    """Route the library's `logging` warnings (stale records, lock takeover) through tqdm-safe output."""
+    root = logging.getLogger("levo_batch")
+    if not any(isinstance(h, _TqdmHandler) for h in root.handlers):
+        root.addHandler(_TqdmHandler(logging.INFO))
+        root.setLevel(logging.INFO)
+        root.propagate = False
 
 
 def song_bar(total: int, desc: str) -> tqdm:
