@@ -41,6 +41,9 @@ class SafetensorsDict(Mapping[str, torch.Tensor]):
     def __contains__(self, key: object) -> bool:
         return key in self._keys
 
+    def __repr__(self) -> str:
+        return str(self.path)
+
 
 def take(sd: Mapping[str, torch.Tensor], prefix: str, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """`{name: sd[prefix + name]}` for every name, or one KeyError listing all missing keys and the source."""
@@ -57,4 +60,4 @@ def take(sd: Mapping[str, torch.Tensor], prefix: str, names: Iterable[str]) -> d
 
 def source_name(sd: Mapping[str, torch.Tensor]) -> str:
     """The file behind a state dict for error messages (in-memory dicts have none)."""
-    return str(sd.path) if isinstance(sd, SafetensorsDict) else "the given state dict"
+    return repr(sd) if isinstance(sd, SafetensorsDict) else "the given state dict"

@@ -1,0 +1,206 @@
+"""The AudioDecoder: LM tokens -> 48 kHz stereo, as upstream's separate-token decoder (`Flow1dVAESeparate`).
+
+Per song this runs upstream's `generate_audio` + `code2sound`: rows 1 (vocal) and 2 (bgm) are decoded,
+row 0 never; bgm-only / vocal-only decodes replace the other row with a constant filler token; `separate`
+is three full decodes. Differences from upstream, all deliberate:
+- noise is drawn per (song seed, decode kind, window) from a CPU generator instead of one global RNG
+  stream, so a song renders the same alone, in any batch, on any device, and when re-decoded;
+- the same window of several songs is sampled as one batch (`batch_size`), which changes nothing else.
+Prompt audio conditions the decoder exactly where upstream's `generate()` uses it: mixed and separate runs
+(each of the three separate decodes, with the other stem's prompt zeroed for the single-stem ones); plain
+bgm/vocal runs ignore it, as upstream does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from levo_batch.decoder.estimator import LATENT_DIM, DecoderConfig
+from levo_batch.decoder.flow import FlowDecoder, seeded_noise
+from levo_batch.decoder.weights import SafetensorsDict
+from levo_batch.decoder.windows import SAMPLES_PER_FRAME, SongWindows, WindowJob, WindowPlan, advance, render
+from levo_batch.runtime import RuntimePaths
+from levo_batch.stages import GEN_TYPES, SAMPLE_RATE, DecodeRequest, PromptAudio
+from levo_batch.torch_utils import compute_dtype, torch_device
+
+FILLER = {"bgm": (0, 3142), "vocal": (1, 9670)}
+"""Single-stem decodes: (row of the [vocal, bgm] pair replaced, constant token upstream puts there)."""
+
+DECODES = {
+    "mixed": (("main", "mixed"),),
+    "bgm": (("main", "bgm"),),
+    "vocal": (("main", "vocal"),),
+    "separate": (("vocal", "vocal"), ("bgm", "bgm"), ("main", "mixed")),
+}
+"""gen_type -> (output stem, decode kind) per decode."""
+
+PROMPT_GEN_TYPES = ("mixed", "separate")
+CODEBOOK_SIZE = 16384
+VAE_OVERLAP = 32
+NOISE_SCHEME = "sha256(seed:kind/window{k}) -> torch.Generator(cpu).randn, v1"
+
+
+def stem_codes(tokens: np.ndarray, kind: str) -> np.ndarray:
+    """`[3, T]` LM tokens -> `[2, T]` (vocal, bgm) codes for one decode kind, fillers applied."""
+    codes = np.array(tokens[1:3], dtype=np.int64)
+    if kind in FILLER:
+        row, token = FILLER[kind]
+        codes[row] = token
+    return codes
+
+
+def prompt_stems(prompt: PromptAudio, kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Upstream's crop (first 10 s, or 20-30 s of prompts >= 30 s) and, for single-stem decodes, the other
+    stem zeroed. Returns float32 `[2, N]` vocal and bgm."""
+    vocal, bgm = (torch.as_tensor(np.asarray(x, dtype=np.float32)) for x in (prompt.vocal, prompt.bgm))
+    if vocal.shape[-1] < 30 * SAMPLE_RATE:
+        vocal, bgm = vocal[:, : 10 * SAMPLE_RATE], bgm[:, : 10 * SAMPLE_RATE]
+    else:
+        vocal, bgm = vocal[:, 20 * SAMPLE_RATE : 30 * SAMPLE_RATE], bgm[:, 20 * SAMPLE_RATE : 30 * SAMPLE_RATE]
+    if kind == "bgm":
+        vocal = torch.zeros_like(vocal)
+    elif kind == "vocal":
+        bgm = torch.zeros_like(bgm)
+    return vocal, bgm
+
+
+def validate(song: DecodeRequest) -> None:
+    """Reject malformed requests before any model work, naming the song."""
+    if song.gen_type not in GEN_TYPES:
+        raise ValueError(f"song {song.idx}: gen_type {song.gen_type!r} is not one of {GEN_TYPES}")
+    tokens = np.asarray(song.tokens)
+    if tokens.ndim != 2 or tokens.shape[0] != 3 or tokens.shape[1] < 1:
+        raise ValueError(f"song {song.idx}: tokens must be [3, T] with T >= 1, got {list(tokens.shape)}")
+    rows = tokens[1:3]
+    if rows.min() < 0 or rows.max() >= CODEBOOK_SIZE:
+        raise ValueError(f"song {song.idx}: vocal/bgm tokens must lie in [0, {CODEBOOK_SIZE}) (EOS and padding "
+                         f"cut off), got range [{rows.min()}, {rows.max()}]")
+    p = song.prompt_audio
+    if p is not None:
+        shapes = [np.shape(p.vocal), np.shape(p.bgm)]
+        if any(len(s) != 2 or s[0] != 2 for s in shapes) or shapes[0] != shapes[1]:
+            raise ValueError(f"song {song.idx}: prompt vocal/bgm must both be (2, N) at 48 kHz, got {shapes}")
+
+
+class SepTokenDecoder:
+    """`AudioDecoder` over upstream's septoken checkpoint and Oobleck VAE (PyTorch, any device)."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, flow: FlowDecoder, vae, *, prompt_models: Callable[[], tuple] | None = None,
+                 batch_size: int = 4, info: dict | None = None):
+        """`vae` needs `decode_chunked(latents, chunk_size, overlap)`. `prompt_models()` returns (VAE with
+        `encode_audio(audio, noise=)`, septoken encoder with `encode(vocal, bgm)`); it is called once, on the
+        first prompt, so prompt-less runs never load MusicFM or the VAE encoder."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.flow = flow
+        self.vae = vae
+        self.batch_size = batch_size
+        self.cfg = flow.cfg
+        self.plan = WindowPlan.for_duration(self.cfg.duration)
+        self.device = flow.mask_emb.device
+        self.info = info or {}
+        self._prompt_loader = prompt_models
+        self._prompt_models: tuple | None = None
+        if self.plan.frames > self.cfg.n_positions:
+            raise ValueError(f"{self.cfg.duration} s windows need {self.plan.frames} positions, the estimator has "
+                             f"{self.cfg.n_positions}")
+
+    @classmethod
+    def load(cls, runtime: RuntimePaths, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+             batch_size: int = 4, vae_dtype: torch.dtype = torch.float32) -> "SepTokenDecoder":
+        """Read the septoken safetensors (decoder tensors only) and the VAE decoder from the runtime folder.
+
+        The flow runs in `dtype` (default: fp16/bf16 on GPU, fp32 on CPU), the VAE in fp32 like upstream.
+        """
+        from levo_batch.decoder.vae import load_vae
+
+        device = torch_device(device) if not isinstance(device, torch.device) else device
+        dtype = dtype or compute_dtype(device)
+        septoken = runtime.require(runtime.septoken, "septoken decoder weights")
+        vae_config = runtime.require(runtime.vae_config, "VAE config")
+        vae_weights = runtime.require(runtime.vae_weights, "VAE weights")
+        cfg = DecoderConfig.for_weights(septoken)
+        weights = SafetensorsDict(septoken)
+        flow = FlowDecoder.from_state_dict(weights, cfg, device=device, dtype=dtype)
+        vae = load_vae(vae_config, vae_weights, device, vae_dtype, parts=("decoder",))
+
+        def prompt_models() -> tuple:
+            from levo_batch.prompts.septoken_encoder import SepTokenEncoder
+
+            return (load_vae(vae_config, vae_weights, device, torch.float32, parts=("encoder",)),
+                    SepTokenEncoder.from_state_dict(weights, device, torch.float32))
+
+        info = {"septoken": f"{septoken.name}:{septoken.stat().st_size}",
+                "vae": f"{vae_weights.name}:{vae_weights.stat().st_size}",
+                "dtype": str(dtype).removeprefix("torch."), "vae_dtype": str(vae_dtype).removeprefix("torch."),
+                "device": device.type}
+        return cls(flow, vae, prompt_models=prompt_models, batch_size=batch_size, info=info)
+
+    def fingerprint(self) -> dict:
+        """Weights (name:size), precision, device type, geometry and noise scheme; batch size is excluded
+        because it does not change the audio."""
+        return {"decoder": "septoken", **self.info, "config": asdict(self.cfg), "noise": NOISE_SCHEME}
+
+    def decode(self, songs: Sequence[DecodeRequest]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        songs = list(songs)
+        for song in songs:
+            validate(song)
+        if len({s.idx for s in songs}) != len(songs):
+            raise ValueError("duplicate idx in one decode call")
+        expected = {s.idx: len(DECODES[s.gen_type]) for s in songs}
+        done: dict[str, dict[str, np.ndarray]] = {}
+        windows = (w for song in songs for w in self._song_windows(song))
+        for song_windows in advance(windows, self._sample, self.batch_size):
+            idx, stem = song_windows.key
+            done.setdefault(idx, {})[stem] = render(song_windows, self._vae_decode, self.batch_size)
+            if len(done[idx]) == expected[idx]:
+                yield idx, done.pop(idx)
+
+    def _song_windows(self, song: DecodeRequest) -> Iterator[SongWindows]:
+        """One SongWindows per decode of the song (three for separate), built only when a batch slot frees up."""
+        frames = self.plan.frames
+        for stem, kind in DECODES[song.gen_type]:
+            prompt_codes = prompt_latent = None
+            if song.prompt_audio is not None and song.gen_type in PROMPT_GEN_TYPES:
+                prompt_codes, prompt_latent = self._encode_prompt(song.prompt_audio, kind, song.seed)
+
+            def noise(k: int, seed: int = song.seed, kind: str = kind) -> torch.Tensor:
+                return seeded_noise(seed, f"{kind}/window{k}", (frames, LATENT_DIM))
+
+            yield SongWindows((song.idx, stem), stem_codes(song.tokens, kind), noise, self.plan,
+                              prompt_codes, prompt_latent)
+
+    def _encode_prompt(self, prompt: PromptAudio, kind: str, seed: int) -> tuple[np.ndarray, torch.Tensor]:
+        """Prompt codes `[2, Lc]` (septoken encoder) and sampled VAE latents `[Lp, 64]` of the raw stem mix."""
+        if self._prompt_models is None:
+            if self._prompt_loader is None:
+                raise RuntimeError("prompt audio given but this decoder was built without prompt models")
+            self._prompt_models = self._prompt_loader()
+        vae_encoder, token_encoder = self._prompt_models
+        vocal, bgm = prompt_stems(prompt, kind)
+        noise = seeded_noise(seed, f"{kind}/prompt", (1, LATENT_DIM, vocal.shape[-1] // SAMPLES_PER_FRAME))
+        latent = vae_encoder.encode_audio((vocal + bgm).to(self.device), noise=noise)[0].t().float()
+        codes_vocal, codes_bgm = token_encoder.encode(vocal, bgm)
+        codes = np.stack([codes_vocal.cpu().numpy(), codes_bgm.cpu().numpy()]).astype(np.int64)
+        return codes, latent.to(self.device)
+
+    def _sample(self, jobs: Sequence[WindowJob]) -> torch.Tensor:
+        """Stack one window of several songs into a batch for the flow model."""
+        frames = jobs[0].codes.shape[-1]
+        codes = torch.from_numpy(np.stack([j.codes for j in jobs])).to(self.device)
+        context = torch.zeros(len(jobs), frames, LATENT_DIM, device=self.device)
+        for i, job in enumerate(jobs):
+            if job.incontext:
+                context[i, : job.incontext] = job.context[: job.incontext]
+        incontext = torch.tensor([j.incontext for j in jobs], device=self.device)
+        noise = torch.stack([j.noise for j in jobs]).to(self.device)
+        return self.flow.sample(codes[:, 0], codes[:, 1], context, incontext, noise)
+
+    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode_chunked(latents, chunk_size=self.cfg.vae_chunk_size, overlap=VAE_OVERLAP)
