@@ -73,7 +73,7 @@ class MusicFMConfig:
 
 
 def log_mel(wav: torch.Tensor, window: torch.Tensor, mel_fb: torch.Tensor) -> torch.Tensor:
-    """Normalised log-mel `[B, n_mels, S / 240]` of 24 kHz float32 audio `[B, S]` (S a multiple of 960).
+    """Normalised log-mel `[B, n_mels, S / 240]` of 24 kHz audio `[B, S]` (S a multiple of 960).
 
     torchaudio's MelSpectrogram + AmplitudeToDB in plain torch: power STFT (centred, reflect padding), mel
     filterbank, `10 log10(max(x, 1e-10))`. The last frame (the one centred past the end) is dropped, as upstream.
@@ -181,11 +181,17 @@ class MusicFM(nn.Module):
         return model.eval()
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
-        """Float32 log-mel on the model's device, except on MPS, whose FFTs have had silent-correctness bugs:
-        there the (cheap) front-end runs on the CPU."""
-        if self.window.device.type == "mps":
-            return log_mel(wav.float().cpu(), self.window.cpu(), self.mel_fb.cpu()).to(self.window.device)
-        return log_mel(wav.float(), self.window, self.mel_fb)
+        """Float32 log-mel computed in float64 (on the CPU for MPS, which has no float64).
+
+        Some bands of real-world frames sit 100+ dB below the frame's loudest band, under float32 FFT rounding:
+        upstream's float32 values there are rounding noise that differs between FFT libraries (MKL, pocketfft,
+        cuFFT). Float64 makes our tokens independent of the device; the front-end costs little either way.
+        """
+        device = self.window.device
+        work = torch.device("cpu") if device.type == "mps" else device
+        mel = log_mel(wav.to(work, torch.float64), self.window.to(work, torch.float64),
+                      self.mel_fb.to(work, torch.float64))
+        return mel.to(device, torch.float32)
 
     @torch.inference_mode()
     def forward(self, wav: torch.Tensor, layer: int) -> torch.Tensor:
