@@ -175,7 +175,8 @@ def test_unexpected_key_and_shape_mismatch_errors(tiny, tmp_path):
     for part in ("encoder", "decoder"):
         config["model"][part]["config"]["channels"] = 8
     (tmp_path / "wide.json").write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=r"shape mismatch: decoder\.layers\.0\.weight \(64, 64, 7\) \(config expects \(128, 64, 7\)\)"):
+    shape_error = r"shape mismatch: decoder\.layers\.0\.weight \(64, 64, 7\) \(config expects \(128, 64, 7\)\)"
+    with pytest.raises(ValueError, match=shape_error):
         load_vae(tmp_path / "wide.json", tiny / "vae.safetensors", device=CPU)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from levo_batch.decoder.vae_blocks import OobleckDecoder, OobleckEncoder, snake_beta
+from levo_batch.decoder.vae_blocks import OobleckDecoder, OobleckEncoder, SnakeBeta, snake_beta
 from levo_batch.torch_utils import fold_weight_norm, torch_device
 
 PARTS = ("decoder", "encoder")
@@ -120,7 +120,7 @@ class OobleckVAE(nn.Module):
         """Fuse every SnakeBeta into one kernel with torch.compile (optional; needs a working compiler)."""
         fused = torch.compile(snake_beta, dynamic=True)
         for module in self.modules():
-            if hasattr(module, "fn"):
+            if isinstance(module, SnakeBeta):
                 module.fn = fused
 
     @torch.no_grad()
@@ -135,9 +135,10 @@ class OobleckVAE(nn.Module):
 
         Chunks of `chunk_size` frames start every `chunk_size - overlap` frames, plus one right-aligned
         final chunk; each is decoded on its own and pasted with `overlap // 2` frames cut at every inner
-        edge (hard cuts, later chunks win). The chunks of all B rows are decoded `max_batch` at a time,
-        which gives the same audio as one by one. Upstream fails for T < chunk_size; here such
-        latents (and T == chunk_size) are decoded as one chunk.
+        edge (hard cuts, later chunks win). The chunks of all B rows (windows, songs) are decoded
+        `max_batch` at a time: the same computation as one by one (bitwise on CPU; GPU libraries may
+        round differently per batch size). Upstream fails for T < chunk_size; here such latents (and
+        T == chunk_size) are decoded as one chunk.
         """
         latents = latents.to(self.device, self.dtype)
         batch, _, frames = latents.shape
@@ -179,7 +180,7 @@ class OobleckVAE(nn.Module):
 
     def encode_audio(self, audio: torch.Tensor, noise: torch.Tensor | None = None,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-        """Upstream's prompt encode (`encode_audio`, unchunked): `[io, N]` or `[B, io, N]` -> `[B, latent_dim, N // 1920]`.
+        """Upstream's (unchunked) prompt encode: `[io, N]` or `[B, io, N]` -> `[B, latent_dim, N // 1920]`.
 
         Upstream passes the 2-D prompt mix straight in; adding the batch dim gives the same result.
         """
