@@ -70,6 +70,20 @@ def test_config_from_upstream_yaml(cfg):
     assert cfg.cfg_coef == 1.5 and cfg.max_dur == 150.0 and cfg.quantization is None
 
 
+def test_config_resolves_release_interpolations(fixtures, cfg):
+    raw = yaml.safe_load((fixtures / "lm_tiny" / "config.yaml").read_text())
+    conds = raw["conditioners"]
+    conds["prompt_audio"]["qt_embedding"]["max_len"] = "${eval:${prompt_len}*${audio_tokenizer_frame_rate}+2}"
+    conds["description"]["QwTokenizer"]["add_token_list"] = "${load_yaml:conf/vocab.yaml}"
+    assert LMConfig.from_upstream(raw) == cfg
+    conds["type_info"]["QwTextTokenizer"]["max_len"] = "${eval:__import__('os').getpid()}"
+    with pytest.raises(ValueError, match="cannot resolve `conditioners.type_info.QwTextTokenizer.max_len"):
+        LMConfig.from_upstream(raw)
+    del raw["lm"]["dim"]
+    with pytest.raises(KeyError, match="no `lm.dim` entry"):
+        LMConfig.from_upstream(raw)
+
+
 def test_config_mlx_round_trip(cfg):
     quantized = LMConfig.from_mlx({**cfg.to_mlx(), "quantization": {"bits": 4, "group_size": 32}})
     assert LMConfig.from_mlx(json.loads(json.dumps(cfg.to_mlx()))) == cfg

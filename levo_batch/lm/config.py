@@ -7,9 +7,11 @@ Qwen2 base vocabulary plus the tags each conditioner adds at run time, so they a
 
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import asdict, dataclass, fields
 
-from levo_batch.text import DESCRIPTION_TAGS
+from levo_batch.text import DESCRIPTION_TAGS, STRUCTURE_TAGS
 
 QWEN2_BASE_VOCAB = 151646
 """Qwen2's 151643 byte-level BPE ids plus its three special tokens (<|endoftext|>, <|im_start|>, <|im_end|>).
@@ -64,28 +66,31 @@ class LMConfig:
 
     @classmethod
     def from_upstream(cls, cfg: dict) -> "LMConfig":
-        """From upstream's `config.yaml` (already parsed); raises KeyError naming the missing entry."""
-        lm = cfg["lm"]
-        conds = cfg["conditioners"]
-        lyric_tags = [t for t in conds["description"]["QwTokenizer"].get("add_token_list", []) if t != "."]
+        """From upstream's `config.yaml` as parsed by pyyaml (its OmegaConf interpolations are resolved here)."""
+
+        def get(path: str):
+            return _upstream_value(cfg, path)
+
+        text = "conditioners.description.QwTokenizer."
+        lyric_tags = [t for t in (get(text + "add_token_list") or []) if t != "."]
         return cls(
-            dim=int(lm["dim"]),
-            intermediate_size=int(lm["intermediate_size"]),
-            num_heads=int(lm["num_heads"]),
-            num_layers=int(lm["num_layers"]),
-            num_layers_sub=int(lm["num_layers_sub"]),
-            code_depth=int(lm["code_depth"]),
-            code_size=int(lm["code_size"]),
-            rope_theta=float(lm["rope_theta"]),
-            rope_theta_sub=float(lm["rope_theta_sub"]),
-            delays=tuple(int(d) for d in cfg["codebooks_pattern"]["delay"]["delays"]),
-            lyrics_max_len=int(conds["description"]["QwTokenizer"]["max_len"]),
-            description_max_len=int(conds["type_info"]["QwTextTokenizer"]["max_len"]),
-            prompt_max_len=int(conds["prompt_audio"]["qt_embedding"]["max_len"]),
-            prompt_frames=int(cfg["prompt_len"] * cfg["audio_tokenizer_frame_rate"]),
-            cfg_coef=float(cfg["classifier_free_guidance"]["inference_coef"]),
-            max_dur=float(cfg["max_dur"]),
-            frame_rate=int(cfg["audio_tokenizer_frame_rate"]),
+            dim=int(get("lm.dim")),
+            intermediate_size=int(get("lm.intermediate_size")),
+            num_heads=int(get("lm.num_heads")),
+            num_layers=int(get("lm.num_layers")),
+            num_layers_sub=int(get("lm.num_layers_sub")),
+            code_depth=int(get("lm.code_depth")),
+            code_size=int(get("lm.code_size")),
+            rope_theta=float(get("lm.rope_theta")),
+            rope_theta_sub=float(get("lm.rope_theta_sub")),
+            delays=tuple(int(d) for d in get("codebooks_pattern.delay.delays")),
+            lyrics_max_len=int(get(text + "max_len")),
+            description_max_len=int(get("conditioners.type_info.QwTextTokenizer.max_len")),
+            prompt_max_len=int(get("conditioners.prompt_audio.qt_embedding.max_len")),
+            prompt_frames=int(get("prompt_len") * get("audio_tokenizer_frame_rate")),
+            cfg_coef=float(get("classifier_free_guidance.inference_coef")),
+            max_dur=float(get("max_dur")),
+            frame_rate=int(get("audio_tokenizer_frame_rate")),
             lyrics_vocab=QWEN2_BASE_VOCAB + len(lyric_tags),
             description_vocab=QWEN2_BASE_VOCAB + len(DESCRIPTION_TAGS),
         )
@@ -138,3 +143,34 @@ def _quantization(q: dict | None) -> dict | None:
     if q.get("mode", "affine") != "affine":
         out["mode"] = str(q["mode"])
     return out
+
+
+_REF = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+_ARITHMETIC = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Constant, ast.Add, ast.Sub, ast.Mult, ast.Div,
+               ast.FloorDiv, ast.USub)
+
+
+def _upstream_value(cfg: dict, path: str):
+    """A config.yaml entry with upstream's interpolations resolved.
+
+    Release configs write e.g. `max_len: ${eval:${prompt_len}*${audio_tokenizer_frame_rate}+2}` and
+    `add_token_list: ${load_yaml:conf/vocab.yaml}` (OmegaConf resolvers registered by upstream's code);
+    `conf/vocab.yaml` is exactly `STRUCTURE_TAGS`.
+    """
+    node = cfg
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"config.yaml has no `{path}` entry; is this a LeVo 2 (SongGeneration v2) config?")
+        node = node[part]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+    raw = node
+    while _REF.search(node):
+        node = _REF.sub(lambda m: str(_upstream_value(cfg, m.group(1))), node)
+    if node.startswith("${load_yaml:") and node.rstrip("}").endswith("vocab.yaml"):
+        return list(STRUCTURE_TAGS)
+    if node.startswith("${eval:") and node.endswith("}"):
+        tree = ast.parse(node[len("${eval:") : -1], mode="eval")
+        if all(isinstance(n, _ARITHMETIC) for n in ast.walk(tree)):
+            return eval(compile(tree, "config.yaml", "eval"))
+    raise ValueError(f"config.yaml: cannot resolve `{path}: {raw}`; replace it by its value")
