@@ -136,8 +136,8 @@ class OobleckVAE(nn.Module):
         Chunks of `chunk_size` frames start every `chunk_size - overlap` frames, plus one right-aligned
         final chunk; each is decoded on its own and pasted with `overlap // 2` frames cut at every inner
         edge (hard cuts, later chunks win). The chunks of all B rows (windows, songs) are decoded
-        `max_batch` at a time: the same computation as one by one (bitwise on CPU; GPU libraries may
-        round differently per batch size). Upstream fails for T < chunk_size; here such latents (and
+        `max_batch` at a time: the same computation as one by one, up to float rounding (conv libraries
+        pick kernels per batch size; about 1e-6 on CPU). Upstream fails for T < chunk_size; here such latents (and
         T == chunk_size) are decoded as one chunk.
         """
         latents = latents.to(self.device, self.dtype)
