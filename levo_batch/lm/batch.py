@@ -1,0 +1,181 @@
+"""A fixed number of song slots decoded together, each slot a [cond, null] pair of rows.
+
+Every slot carries its own song state on the device: written pattern columns, the column it feeds next,
+per-codebook EOS flags, repetition-penalty counts over its window, prompt ban and seed. One `step` advances
+all slots by one pattern column with a single model call on `2 * slots` rows; all logit processing, the
+choice and the bookkeeping stay on the device, so the host only reads a `[slots]` done flag per step (and
+can read it one step late). A slot is refilled by prefilling the new song's prefix (plus its history when
+resuming) with batch 2 and copying the keys/values into the slot's rows: songs never share a computation
+that depends on the others, so a song's tokens do not depend on its batch mates.
+
+Penalty counts are real counts (not presence) so the window can slide by adding the new column and
+subtracting the one leaving it, instead of rescanning `window` columns each step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import mlx.core as mx
+import numpy as np
+
+from levo_batch.lm.cache import StepContext, make_caches
+from levo_batch.lm.config import LMConfig
+from levo_batch.lm.model import LeVoLM
+from levo_batch.lm.pattern import num_columns
+from levo_batch.lm.sampling import SamplingParams, choose, process_logits, seed_words
+
+ATTENTION_BUCKET = 256
+"""Attended cache length is rounded up to this, so step shapes repeat instead of growing every step."""
+
+SLACK_COLUMNS = 2
+"""A slot may run up to two columns past its last one: one step is scheduled before the host has read that
+the song ended, and the host then freezes the slot; buffers are sized for it so nothing is clamped."""
+
+
+@dataclass
+class StepOutput:
+    """Device results of one step plus the host's view of who was in each slot when it was scheduled."""
+
+    owners: tuple[int | None, ...]
+    columns: tuple[int, ...]
+    done: mx.array  # [slots] bool
+    seq: mx.array  # [slots, Q, C] int32 written columns
+    ended: mx.array  # [slots, Q] bool
+    logits: mx.array | None  # [slots, Q, V] processed logits (kept only on request)
+
+
+def _advance(logits, seq, col, ended, counts, banned, seeds, active, *, cfg, params, timesteps):
+    """Logits of one step -> next state (pure function, compiled once per shape)."""
+    depth = cfg.code_depth
+    vocab = cfg.code_size + 1
+    proc = process_logits(logits, counts[..., :vocab] > 0, banned, cfg.cfg_coef, params.penalty, cfg.code_size)
+    column = col + 1
+    tok = choose(proc, seeds, column, params)
+    t = column[:, None] - 1 - mx.array(cfg.delays, dtype=mx.int32)[None, :]
+    live = (t >= 0) & (t < timesteps) & ~ended
+    tok = mx.where(live, tok, cfg.special_id)
+    ended = ended | (tok == cfg.eos_id)
+    where = mx.broadcast_to(column[:, None, None], (col.shape[0], depth, 1))
+    seq = mx.put_along_axis(seq, where, tok[:, :, None], axis=2)
+    ids = mx.arange(counts.shape[-1], dtype=mx.int32)
+    counts = counts + (tok[:, :, None] == ids).astype(counts.dtype)
+    if params.penalty_window > 0:
+        gone = column - params.penalty_window
+        old = mx.take_along_axis(seq, mx.maximum(where - params.penalty_window, 0), axis=2)
+        counts = counts - ((old == ids) & (gone >= 1)[:, None, None]).astype(counts.dtype)
+    last = timesteps + max(cfg.delays)
+    done = mx.all(ended, axis=1) | (column >= last)
+    return proc, seq, col + active.astype(col.dtype), ended, counts, done
+
+
+class SongSlots:
+    """Device state and caches for `slots` songs of at most `timesteps` frames each."""
+
+    def __init__(self, model: LeVoLM, cfg: LMConfig, params: SamplingParams, slots: int, timesteps: int,
+                 keep_logits: bool = False):
+        self.model, self.cfg, self.params = model, cfg, params
+        self.slots, self.timesteps, self.keep_logits = slots, timesteps, keep_logits
+        self.width = num_columns(timesteps, cfg.delays) + SLACK_COLUMNS
+        self.capacity = cfg.prefix_len + self.width
+        dtype = model.transformer.model.norm.weight.dtype
+        shape = (2 * slots, cfg.num_heads, self.capacity, cfg.head_dim)
+        self.caches1 = make_caches(cfg.num_layers, *shape, dtype)
+        self.caches2 = make_caches(cfg.num_layers_sub, *shape, dtype)
+        q = cfg.code_depth
+        self.seq = mx.full((slots, q, self.width), cfg.special_id, dtype=mx.int32)
+        self.col = mx.zeros((slots,), dtype=mx.int32)
+        self.ended = mx.zeros((slots, q), dtype=mx.bool_)
+        self.counts = mx.zeros((slots, q, cfg.code_size + 2), dtype=mx.int32)
+        self.banned = mx.zeros((slots, cfg.code_size + 1), dtype=mx.bool_)
+        self.seeds = mx.zeros((slots, 2), dtype=mx.uint32)
+        self.active = mx.zeros((slots,), dtype=mx.bool_)
+        self.owners: list[int | None] = [None] * slots
+        self.host_col = [0] * slots
+        self._next_owner = 0
+        self._advance = mx.compile(partial(_advance, cfg=cfg, params=params, timesteps=timesteps))
+
+    def _state(self) -> list[mx.array]:
+        caches = self.caches1 + self.caches2
+        return [self.seq, self.col, self.ended, self.counts, self.banned, self.seeds, self.active] + [
+            a for c in caches for a in (c.keys, c.values)
+        ]
+
+    def free_slots(self) -> list[int]:
+        return [i for i, o in enumerate(self.owners) if o is None]
+
+    def busy(self) -> bool:
+        return any(o is not None for o in self.owners)
+
+    def insert(self, slot: int, prefix1: mx.array, prefix2: mx.array, banned_ids: np.ndarray, seed: int,
+               columns: np.ndarray, ended: np.ndarray) -> int:
+        """Start a song in a free slot; returns its owner token (distinguishes reuses of the same slot).
+
+        `prefix*` are its `[2, prefix_len, D]` condition streams (rows cond, null), `columns` `[Q, s + 1]` the
+        pattern columns written so far (just column 0 for a new song) and `ended` its per-codebook EOS flags.
+        """
+        cfg = self.cfg
+        # Settle pending steps first, so the in-place writes below do not have to copy arrays a queued
+        # step still reads.
+        mx.eval(self._state())
+        fed = columns.shape[1] - 1
+        history = mx.array(columns[None, :, :fed].astype(np.int32))
+        x1, x2 = self.model.embed_codes(history)
+        _, _, kv1, kv2 = self.model.prefill(
+            mx.concatenate([prefix1, mx.broadcast_to(x1, (2, *x1.shape[1:])).astype(prefix1.dtype)], axis=1),
+            mx.concatenate([prefix2, mx.broadcast_to(x2, (2, *x2.shape[1:])).astype(prefix2.dtype)], axis=1),
+        )
+        rows = slice(2 * slot, 2 * slot + 2)
+        for caches, kv in ((self.caches1, kv1), (self.caches2, kv2)):
+            for cache, (k, v) in zip(caches, kv):
+                cache.insert(rows, k, v)
+        row = np.full((cfg.code_depth, self.width), cfg.special_id, dtype=np.int32)
+        row[:, : fed + 1] = columns
+        self.seq[slot] = mx.array(row)
+        self.col[slot] = fed
+        self.ended[slot] = mx.array(ended.astype(bool))
+        self.counts[slot] = mx.array(self._window_counts(columns))
+        mask = np.zeros(cfg.code_size + 1, dtype=bool)
+        mask[banned_ids] = True
+        self.banned[slot] = mx.array(mask)
+        self.seeds[slot] = mx.array(seed_words(seed), dtype=mx.uint32)
+        self.active[slot] = True
+        self.owners[slot] = self._next_owner
+        self.host_col[slot] = fed
+        self._next_owner += 1
+        return self.owners[slot]
+
+    def _window_counts(self, columns: np.ndarray) -> np.ndarray:
+        """Penalty counts of the columns the next step sees: the last `window` written (never column 0)."""
+        last = columns.shape[1] - 1
+        window = self.params.penalty_window
+        first = 1 if window == 0 else max(1, last - window + 1)
+        size = self.cfg.code_size + 2
+        return np.stack([np.bincount(r, minlength=size) for r in columns[:, first : last + 1]]).astype(np.int32)
+
+    def release(self, slot: int) -> None:
+        """Free a slot; its rows keep computing (masked garbage) until reused, which keeps shapes fixed."""
+        self.active[slot] = False
+        self.owners[slot] = None
+
+    def step(self) -> StepOutput:
+        """Schedule one pattern column for every slot (lazy: nothing is evaluated here)."""
+        cfg = self.cfg
+        top = max(self.host_col[i] for i in range(self.slots) if self.owners[i] is not None)
+        length = min(self.capacity, -(-(cfg.prefix_len + top + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET)
+        positions = mx.repeat(self.col + cfg.prefix_len, 2)
+        where = mx.broadcast_to(self.col[:, None, None], (self.slots, cfg.code_depth, 1))
+        fed = mx.take_along_axis(self.seq, where, axis=2)[:, :, 0]
+        logits = self.model.step(mx.repeat(fed, 2, axis=0), self.caches1, self.caches2,
+                                 StepContext.build(positions, length))
+        proc, self.seq, self.col, self.ended, self.counts, done = self._advance(
+            logits, self.seq, self.col, self.ended, self.counts, self.banned, self.seeds, self.active
+        )
+        for i in range(self.slots):
+            if self.owners[i] is not None:
+                self.host_col[i] += 1
+        out = StepOutput(tuple(self.owners), tuple(c for c in self.host_col), done, self.seq, self.ended,
+                         proc if self.keep_logits else None)
+        mx.async_eval(done, self.seq, self.col, self.ended, self.counts)
+        return out

@@ -1,0 +1,134 @@
+"""The LM phase: many songs through a few batch slots, with resumable checkpoints.
+
+Songs fill `batch_size` slots; when one ends (all codebooks emitted EOS, or the last pattern column) its
+slot is refilled from the queue, so the batch stays full. The host reads each step's done flags one step
+late: step s+1 is already queued on the device when step s's flags are read, which hides the sync. A
+finished slot therefore runs one extra, ignored step.
+
+A checkpoint is `{"columns": [Q, s+1] int32, "step": s, "ended": [Q] bool, "timesteps": T}`: the pattern
+columns written so far and the codebooks already ended. Sampling noise is a function of (seed, step)
+alone (see `levo_batch.lm.sampling`), so that is the whole state; a resumed song prefills its prefix plus
+the history and continues exactly where it stopped (same tokens, up to float rounding between a batched
+prefill and step-by-step decoding, which in float32 never flips a choice on the fixtures).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+import numpy as np
+
+from levo_batch.lm.batch import SongSlots, StepOutput
+from levo_batch.lm.conditioners import banned_prompt_ids, condition_inputs
+from levo_batch.lm.config import LMConfig
+from levo_batch.lm.model import LeVoLM
+from levo_batch.lm.pattern import cut_at_eos, num_columns, revert_pattern
+from levo_batch.lm.sampling import SamplingParams
+from levo_batch.lm.tokenizer import TextTokenizers
+from levo_batch.stages import SongRequest, TokenSink
+
+
+class MLXTokenGenerator:
+    """`TokenGenerator` running `LeVoLM` with classifier-free guidance on batches of songs."""
+
+    def __init__(self, model: LeVoLM, cfg: LMConfig, tokenizers: TextTokenizers, *, model_id: str,
+                 sampling: SamplingParams, batch_size: int = 8, max_duration: float | None = None,
+                 checkpoint_every: int = 250):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        duration = cfg.max_dur if max_duration is None else max_duration
+        self.timesteps = int(duration * cfg.frame_rate)
+        if self.timesteps < 1:
+            raise ValueError(f"max_duration {duration} s gives no audio frame at {cfg.frame_rate} Hz")
+        self.model, self.cfg, self.tokenizers = model, cfg, tokenizers
+        self.model_id, self.sampling = model_id, sampling
+        self.batch_size, self.checkpoint_every = batch_size, checkpoint_every
+
+    def fingerprint(self) -> dict:
+        return {
+            "lm": "levo-batch-mlx-v1",
+            "model": self.model_id,
+            "timesteps": self.timesteps,
+            "cfg_coef": self.cfg.cfg_coef,
+            "sampling": self.sampling.fingerprint(),
+        }
+
+    def max_steps(self) -> int:
+        return num_columns(self.timesteps, self.cfg.delays) - 1
+
+    def generate(self, songs: Sequence[SongRequest], sink: TokenSink) -> None:
+        queue = deque(songs)
+        slots = SongSlots(self.model, self.cfg, self.sampling, min(self.batch_size, max(len(songs), 1)),
+                          self.timesteps)
+        running: dict[int, SongRequest] = {}
+        self._fill(slots, queue, running, sink)
+        pending: StepOutput | None = None
+        while slots.busy() or pending is not None:
+            current = slots.step() if slots.busy() else None
+            if pending is not None:
+                self._collect(pending, slots, running, sink)
+                self._fill(slots, queue, running, sink)
+            pending = current
+
+    def _fill(self, slots: SongSlots, queue: deque, running: dict, sink: TokenSink) -> None:
+        """Put queued songs into free slots (a resumed song that had already ended finishes right away)."""
+        for slot in slots.free_slots():
+            while queue:
+                song = queue.popleft()
+                columns, ended = self._start_state(song)
+                if ended.all() or columns.shape[1] - 1 >= self.max_steps():
+                    sink.finished(song.idx, self._tokens(columns))
+                    continue
+                s1, s2 = self.model.condition_provider.prefix(
+                    condition_inputs(self.tokenizers, self.cfg, song.lyrics, song.descriptions, song.prompt_tokens)
+                )
+                owner = slots.insert(slot, s1, s2, banned_prompt_ids(song.prompt_tokens, self.cfg), song.seed,
+                                     columns, ended)
+                running[owner] = song
+                break
+
+    def _start_state(self, song: SongRequest) -> tuple[np.ndarray, np.ndarray]:
+        depth = self.cfg.code_depth
+        if song.resume is None:
+            return np.full((depth, 1), self.cfg.special_id, dtype=np.int32), np.zeros(depth, dtype=bool)
+        state = song.resume
+        try:
+            columns = np.asarray(state["columns"], dtype=np.int32)
+            step, timesteps = int(state["step"]), int(state["timesteps"])
+            ended = np.asarray(state["ended"], dtype=bool)
+        except KeyError as e:
+            raise ValueError(f"song {song.idx}: resume state lacks {e}; delete its checkpoint to restart it") from e
+        if timesteps != self.timesteps or columns.shape != (depth, step + 1) or ended.shape != (depth,):
+            raise ValueError(
+                f"song {song.idx}: resume state is for {timesteps} frames with columns {columns.shape}, this run "
+                f"generates {self.timesteps} frames; use the same max_duration or delete its checkpoint"
+            )
+        return columns, ended
+
+    def _collect(self, out: StepOutput, slots: SongSlots, running: dict, sink: TokenSink) -> None:
+        """Report step results: progress, checkpoints, finished songs (freeing their slots)."""
+        done = out.done.tolist()
+        total = self.max_steps()
+        for slot, owner in enumerate(out.owners):
+            if owner is None or slots.owners[slot] != owner:
+                continue
+            song, column = running[owner], out.columns[slot]
+            sink.progress(song.idx, column, total)
+            if done[slot]:
+                sink.finished(song.idx, self._tokens(np.array(out.seq[slot, :, : column + 1])))
+                slots.release(slot)
+                del running[owner]
+            elif self.checkpoint_every and column % self.checkpoint_every == 0:
+                sink.checkpoint(song.idx, {
+                    "columns": np.array(out.seq[slot, :, : column + 1]),
+                    "step": np.array(column, dtype=np.int64),
+                    "ended": np.array(out.ended[slot]),
+                    "timesteps": np.array(self.timesteps, dtype=np.int64),
+                })
+
+    def _tokens(self, columns: np.ndarray) -> np.ndarray:
+        """Written columns -> upstream's output: reverted codes cut at the first EOS, `[Q, <=T]` int64."""
+        full = np.full((self.cfg.code_depth, self.max_steps() + 1), self.cfg.special_id, dtype=np.int64)
+        full[:, : columns.shape[1]] = columns
+        return cut_at_eos(revert_pattern(full, self.timesteps, self.cfg.delays), self.cfg.eos_id)

@@ -1,0 +1,191 @@
+"""The LeVo 2 language model in MLX: two LLaMA stacks over a shared conditioning prefix.
+
+Parameter names are the official checkpoint keys minus `audiolm.`, so weights load by name. The layout
+follows upstream's `LmModel` (v2): codebook 0 runs through `transformer`; codebooks 1.. are embedded
+together, fused with the *final-normed* output of the first stack by a small MLP, and run through
+`transformer2`. Upstream passes no attention mask, so the prefix is causal like everything else and its
+padding positions are ordinary tokens.
+
+Two entry points share the blocks: `prefill` (a whole sequence from position 0, returning the keys and
+values for a cache; `__call__` is upstream's teacher-forced forward on top of it) and `step` (one token
+per row with per-row positions, reading and writing preallocated caches).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from levo_batch.lm.cache import KVCache, StepContext
+from levo_batch.lm.conditioners import ConditionProvider
+from levo_batch.lm.config import LMConfig
+
+RMS_EPS = 1e-5
+
+
+@partial(mx.compile, shapeless=True)
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    """One fused kernel instead of three per MLP (decode is launch-bound at small batch)."""
+    return nn.silu(gate) * up
+
+
+class Attention(nn.Module):
+    """Multi-head attention without biases; RoPE in the non-interleaved (`rotate_half`) form."""
+
+    def __init__(self, dim: int, num_heads: int, rope_theta: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.rope_theta = rope_theta
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.k_proj = nn.Linear(dim, dim, bias=False)
+        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.o_proj = nn.Linear(dim, dim, bias=False)
+
+    def _qkv(self, x: mx.array, offset) -> tuple[mx.array, mx.array, mx.array]:
+        n, s, _ = x.shape
+        q, k, v = (p(x).reshape(n, s, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+                   for p in (self.q_proj, self.k_proj, self.v_proj))
+        rope = dict(traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
+        return mx.fast.rope(q, self.head_dim, **rope), mx.fast.rope(k, self.head_dim, **rope), v
+
+    def _out(self, o: mx.array) -> mx.array:
+        n, _, s, _ = o.shape
+        return self.o_proj(o.transpose(0, 2, 1, 3).reshape(n, s, -1))
+
+    def prefill(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        q, k, v = self._qkv(x, 0)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
+        return self._out(o), k, v
+
+    def step(self, x: mx.array, cache: KVCache, ctx: StepContext) -> mx.array:
+        q, k, v = self._qkv(x, ctx.positions)
+        keys, values = cache.write_step(k, v, ctx)
+        o = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=ctx.mask)
+        return self._out(o)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden, bias=False)
+        self.up_proj = nn.Linear(dim, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, dim, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LMConfig, rope_theta: float):
+        super().__init__()
+        self.self_attn = Attention(cfg.dim, cfg.num_heads, rope_theta)
+        self.mlp = MLP(cfg.dim, cfg.intermediate_size)
+        self.input_layernorm = nn.RMSNorm(cfg.dim, eps=RMS_EPS)
+        self.post_attention_layernorm = nn.RMSNorm(cfg.dim, eps=RMS_EPS)
+
+    def prefill(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        a, k, v = self.self_attn.prefill(self.input_layernorm(x))
+        h = x + a
+        return h + self.mlp(self.post_attention_layernorm(h)), k, v
+
+    def step(self, x: mx.array, cache: KVCache, ctx: StepContext) -> mx.array:
+        h = x + self.self_attn.step(self.input_layernorm(x), cache, ctx)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class LlamaBody(nn.Module):
+    """Upstream's `LlamaModel` fed with embeddings (its own `embed_tokens` is never used)."""
+
+    def __init__(self, cfg: LMConfig, num_layers: int, rope_theta: float):
+        super().__init__()
+        self.layers = [Block(cfg, rope_theta) for _ in range(num_layers)]
+        self.norm = nn.RMSNorm(cfg.dim, eps=RMS_EPS)
+
+    def prefill(self, x: mx.array) -> tuple[mx.array, list[tuple[mx.array, mx.array]]]:
+        kv = []
+        for layer in self.layers:
+            x, k, v = layer.prefill(x)
+            kv.append((k, v))
+        return self.norm(x), kv
+
+    def step(self, x: mx.array, caches: list[KVCache], ctx: StepContext) -> mx.array:
+        for layer, cache in zip(self.layers, caches):
+            x = layer.step(x, cache, ctx)
+        return self.norm(x)
+
+
+class Transformer(nn.Module):
+    """Keeps upstream's nesting (`transformer.model.*`, `transformer.lm_head`) so keys map one to one."""
+
+    def __init__(self, cfg: LMConfig, num_layers: int, rope_theta: float, head: bool):
+        super().__init__()
+        self.model = LlamaBody(cfg, num_layers, rope_theta)
+        if head:
+            self.lm_head = nn.Linear(cfg.dim, cfg.code_size + 1, bias=False)
+
+
+class LeVoLM(nn.Module):
+    """Conditioning tables plus the two-stack audio LM; logits have `code_size + 1` entries (EOS included)."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.cfg = cfg
+        rows = cfg.code_size + 2
+        self.condition_provider = ConditionProvider(cfg)
+        self.emb = [nn.Embedding(rows, cfg.dim)]
+        # Upstream allocates one table per codebook but never reads the first; an empty module keeps the
+        # indices (and so the checkpoint names `layer2_emb.1`, `.2`) without a dead parameter.
+        self.layer2_emb = [nn.Module()] + [nn.Embedding(rows, cfg.dim) for _ in range(1, cfg.code_depth)]
+        self.transformer = Transformer(cfg, cfg.num_layers, cfg.rope_theta, head=True)
+        self.mlp = [nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim)]
+        self.transformer2 = Transformer(cfg, cfg.num_layers_sub, cfg.rope_theta_sub, head=False)
+        self.linears = [nn.Linear(cfg.dim, cfg.code_size + 1, bias=False) for _ in range(1, cfg.code_depth)]
+
+    def embed_codes(self, codes: mx.array) -> tuple[mx.array, mx.array]:
+        """Pattern columns `[N, code_depth, S]` -> the two streams' inputs `[N, S, D]`."""
+        x1 = self.emb[0](codes[:, 0])
+        x2 = self.layer2_emb[1](codes[:, 1])
+        for q in range(2, self.cfg.code_depth):
+            x2 = x2 + self.layer2_emb[q](codes[:, q])
+        return x1, x2
+
+    def _fuse(self, x2: mx.array, h1: mx.array) -> mx.array:
+        lin1, act, lin2 = self.mlp
+        return lin2(act(lin1(mx.concatenate([x2, h1], axis=-1))))
+
+    def heads(self, h1: mx.array, h2: mx.array) -> mx.array:
+        """Final hidden states `[N, S, D]` -> logits `[N, code_depth, S, code_size + 1]`."""
+        out = [self.transformer.lm_head(h1)] + [lin(h2) for lin in self.linears]
+        return mx.stack(out, axis=1)
+
+    def prefill(self, stream1: mx.array, stream2: mx.array):
+        """Run whole sequences from position 0.
+
+        Returns `(h1, h2, kv1, kv2)`: the final-normed hidden states of both stacks and each layer's
+        `(keys, values)` `[N, heads, S, head_dim]`, ready for `KVCache.insert`.
+        """
+        h1, kv1 = self.transformer.model.prefill(stream1)
+        h2, kv2 = self.transformer2.model.prefill(self._fuse(stream2, h1))
+        return h1, h2, kv1, kv2
+
+    def __call__(self, prefix1: mx.array, prefix2: mx.array, codes: mx.array) -> mx.array:
+        """Teacher-forced logits `[N, code_depth, S, V]` of pattern columns `codes` `[N, code_depth, S]`."""
+        x1, x2 = self.embed_codes(codes)
+        s = codes.shape[-1]
+        h1, h2, _, _ = self.prefill(
+            mx.concatenate([prefix1, x1.astype(prefix1.dtype)], axis=1),
+            mx.concatenate([prefix2, x2.astype(prefix2.dtype)], axis=1),
+        )
+        return self.heads(h1[:, -s:], h2[:, -s:])
+
+    def step(self, columns: mx.array, caches1: list[KVCache], caches2: list[KVCache], ctx: StepContext) -> mx.array:
+        """One pattern column per row `[R, code_depth]` -> next-column logits `[R, code_depth, V]`."""
+        x1, x2 = self.embed_codes(columns[:, :, None])
+        h1 = self.transformer.model.step(x1, caches1, ctx)
+        h2 = self.transformer2.model.step(self._fuse(x2, h1), caches2, ctx)
+        return self.heads(h1, h2)[:, :, 0]
