@@ -34,6 +34,22 @@ def assert_close(actual: torch.Tensor, expected: np.ndarray) -> None:
     np.testing.assert_allclose(actual.numpy(), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("stride,kernel,dilation,padding", [(1, 7, 9, 27), (1, 1, 1, 0), (10, 20, 1, 5),
+                                                             (3, 6, 1, 2), (2, 4, 1, 1)])
+def test_time_split_of_single_convolutions(stride, kernel, dilation, padding):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 301)
+    conv = Conv1d(3, 4, kernel, stride=stride, dilation=dilation, padding=padding)
+    expected = torch.nn.functional.conv1d(x, conv.weight, conv.bias, stride, padding, dilation)
+    conv.max_len = 60 + dilation * (kernel - 1)
+    torch.testing.assert_close(conv(x), expected, atol=1e-6, rtol=1e-6)
+    if dilation == 1 and kernel > 1:
+        up = ConvTranspose1d(3, 4, kernel, stride=stride, padding=padding)
+        expected = torch.nn.functional.conv_transpose1d(x, up.weight, up.bias, stride, padding)
+        up.max_len = kernel + 5 * stride
+        torch.testing.assert_close(up(x), expected, atol=1e-6, rtol=1e-6)
+
+
 def assert_same_weights(a: OobleckVAE, b: OobleckVAE) -> None:
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
