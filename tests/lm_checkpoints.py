@@ -45,18 +45,25 @@ TINY_UPSTREAM_CONFIG = {
     "conditioners": {
         "description": {"model": "QwTokenizer", "QwTokenizer": {
             "token_path": "third_party/Qwen2-7B", "max_len": 600, "add_token_list": list(STRUCTURE_TAGS)}},
-        "prompt_audio": {"model": "qt_embedding", "qt_embedding": {"code_size": 16384, "code_depth": 3, "max_len": 252}},
-        "type_info": {"model": "QwTextTokenizer", "QwTextTokenizer": {"token_path": "third_party/Qwen2-7B", "max_len": 100}},
+        "prompt_audio": {"model": "qt_embedding",
+                         "qt_embedding": {"code_size": 16384, "code_depth": 3, "max_len": 252}},
+        "type_info": {"model": "QwTextTokenizer",
+                      "QwTextTokenizer": {"token_path": "third_party/Qwen2-7B", "max_len": 100}},
     },
 }
 """Upstream's config.yaml layout with tiny sizes: dim 64 so 32/64-wide quantisation groups apply everywhere."""
+
+
+def upstream_config(cfg_overrides: dict | None = None) -> dict:
+    """`TINY_UPSTREAM_CONFIG` with `cfg_overrides` merged in (nested dicts merge, other values replace)."""
+    return _merge(copy.deepcopy(TINY_UPSTREAM_CONFIG), cfg_overrides or {})
 
 
 def write_official_checkpoint(dir: Path, cfg_overrides: dict | None = None, seed: int = 0) -> Path:
     """Random `config.yaml` + `model.pt` (raw state dict, `audiolm.` keys) in `dir`; returns `dir`."""
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
-    raw = _merge(copy.deepcopy(TINY_UPSTREAM_CONFIG), cfg_overrides or {})
+    raw = upstream_config(cfg_overrides)
     cfg = LMConfig.from_upstream(raw)
     gen = torch.Generator().manual_seed(seed)
     state = {}

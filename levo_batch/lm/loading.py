@@ -27,6 +27,7 @@ import yaml
 from mlx.utils import tree_flatten
 
 from levo_batch.lm.config import AILUNTX_FORMAT, LMConfig
+from levo_batch.lm.model import LeVoLM
 
 OFFICIAL_PREFIX = "audiolm."
 UNUSED_OFFICIAL = (
@@ -73,7 +74,6 @@ _MIB = 1 << 20
 class Checkpoint:
     """An opened checkpoint: its config and a way to stream its tensors under our key names."""
 
-    path: Path
     config: LMConfig
     source_format: str  # "official" | "mlx" | "mlx-public"
     files: list[Path]  # weight files, for error messages and the model id
@@ -89,7 +89,10 @@ class Checkpoint:
 
 @dataclass
 class LoadedLM:
-    model: nn.Module
+    """A ready model. `model_id` identifies weights + config (see `model_id`); `dtype` is the floating
+    precision of the loaded parameters (scales for quantised layers), e.g. "bfloat16"."""
+
+    model: LeVoLM
     config: LMConfig
     model_id: str
     source_format: str
@@ -98,8 +101,6 @@ class LoadedLM:
 
 def load_lm(path: Path, *, dtype: str | None = None) -> LoadedLM:
     """Build `LeVoLM` and load a checkpoint into it (`dtype` None keeps the stored precision)."""
-    from levo_batch.lm.model import LeVoLM
-
     ckpt = open_checkpoint(Path(path))
     weights = dict(ckpt.tensors(parse_dtype(dtype)))
     model = LeVoLM(ckpt.config)
@@ -227,7 +228,7 @@ def _open_official(path: Path) -> Checkpoint:
             if key.startswith(OFFICIAL_PREFIX) and not name.startswith(UNUSED_OFFICIAL):
                 yield name, _from_torch(state.pop(key), dtype)
 
-    return Checkpoint(path, cfg, "official", [pt], read)
+    return Checkpoint(cfg, "official", [pt], read)
 
 
 def _open_mlx(path: Path) -> Checkpoint:
@@ -246,7 +247,7 @@ def _open_mlx(path: Path) -> Checkpoint:
                 if (name := rename(key)) is not None:
                     yield name, _cast(value, dtype)
 
-    return Checkpoint(path, cfg, "mlx-public" if public else "mlx", files, read)
+    return Checkpoint(cfg, "mlx-public" if public else "mlx", files, read)
 
 
 def _weight_files(path: Path) -> list[Path]:
