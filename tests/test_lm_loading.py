@@ -76,6 +76,18 @@ def test_load_dtype_override(official):
         load_lm(official, dtype="fp8")
 
 
+@pytest.mark.parametrize("stored, name", [(torch.bfloat16, "bfloat16"), (torch.float16, "float16")])
+def test_half_precision_model_pt(tmp_path, stored, name):
+    ckpt = write_official_checkpoint(tmp_path / "off", SMALL)
+    state = {k: v.to(stored) for k, v in torch.load(ckpt / "model.pt", weights_only=True).items()}
+    torch.save(state, ckpt / "model.pt")
+    loaded = load_lm(ckpt)
+    got = _params(loaded)[Q_PROJ + ".weight"]
+    assert loaded.dtype == name and got.dtype == getattr(mx, name)
+    want = state["audiolm." + Q_PROJ + ".weight"].float().numpy()
+    np.testing.assert_array_equal(np.array(got.astype(mx.float32)), want)
+
+
 def test_fixture_weights_reproduce_upstream_logits(tmp_path, fixtures):
     loaded = load_lm(write_fixture_official_checkpoint(tmp_path / "fx", fixtures))
     runtime = RuntimePaths(tmp_path / "runtime")
