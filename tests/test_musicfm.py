@@ -106,7 +106,7 @@ def test_builds_only_needed_layers(rvq1_sd, w2v2, runs):
     _, wav = runs["rvq1_call0"]
     full = runs["rvq1_call0"][0]
     assert torch.equal(small(wav[:, :96000], 3), full(wav[:, :96000], 3))
-    with pytest.raises(ValueError, match="layer 4 not built"):
+    with pytest.raises(ValueError, match="layer 4 not built.*0..3"):
         small(wav[:, :96000], 4)
 
 

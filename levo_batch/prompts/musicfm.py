@@ -197,11 +197,14 @@ class MusicFM(nn.Module):
     def forward(self, wav: torch.Tensor, layer: int) -> torch.Tensor:
         """`layer_results[layer]` `[B, S // 960, dim]` for 24 kHz audio `[B, S]` (trailing samples dropped)."""
         if not 0 <= layer <= self.cfg.n_layers:
-            raise ValueError(f"layer {layer} not built: this MusicFM has conformer layers 0..{self.cfg.n_layers - 1}")
+            raise ValueError(f"layer {layer} not built: this MusicFM gives layer results 0..{self.cfg.n_layers}")
         wav = wav[..., : wav.shape[-1] // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME]
         dtype = self.conv.linear.weight.dtype
-        h = self.conv(self.log_mel(wav).to(dtype))
-        cos, sin = (t.to(dtype) for t in rotary_table(self.inv_freq, h.shape[1]))
-        for block in self.conformer.layers[:layer]:
-            h = block(h, cos, sin)
+        # cuDNN would run float32 convolutions as TF32 (10-bit mantissa); upstream disables cuDNN altogether.
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
+                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
+            h = self.conv(self.log_mel(wav).to(dtype))
+            cos, sin = (t.to(dtype) for t in rotary_table(self.inv_freq, h.shape[1]))
+            for block in self.conformer.layers[:layer]:
+                h = block(h, cos, sin)
         return h
