@@ -51,7 +51,7 @@ def condition_inputs(
     null_desc = NULL_DESCRIPTION_LOW if MUSICALITY_HIGH in descriptions else None
     desc_rows = [tok.encode_description(descriptions), tok.encode_description(null_desc)]
     structure = [_structure_ids(ids, tok.structure_ids) for ids in lyric_rows]
-    prompt = _prompt_row(lm_prompt_codes(prompt_tokens, cfg), cfg)
+    prompt = _prompt_conditioner_input(lm_prompt_codes(prompt_tokens, cfg), cfg)
     return CondInputs(
         lyric_ids=np.stack([_fit(r, cfg.lyrics_max_len, PAD_ID) for r in lyric_rows]),
         lyric_structure=np.stack([_fit(r, cfg.lyrics_max_len, 0) for r in structure]),
@@ -84,7 +84,7 @@ def banned_prompt_ids(prompt_tokens: np.ndarray | None, cfg: LMConfig) -> np.nda
     return np.unique(row[row < cfg.code_size]).astype(np.int32)
 
 
-def _prompt_row(codes: np.ndarray, cfg: LMConfig) -> np.ndarray:
+def _prompt_conditioner_input(codes: np.ndarray, cfg: LMConfig) -> np.ndarray:
     """Prompt conditioner input: an EOS column before each row, rows starting with the special id blanked."""
     seq = np.concatenate([np.full((cfg.code_depth, 1), cfg.eos_id, dtype=np.int32), codes], axis=1)
     seq[codes[:, 0] == cfg.special_id] = cfg.special_id
