@@ -31,6 +31,15 @@ class GenerationSettings:
     greedy: bool = False
     checkpoint_every: int = 100
     device: str | None = None
+    lm_dtype: str | None = None
+
+    def lm_load_dtype(self) -> str | None:
+        """bf16 on an MLX GPU (upstream runs its LM in fp16 on CUDA), stored precision on the CPU."""
+        if self.lm_dtype is not None:
+            return self.lm_dtype
+        import mlx.core as mx
+
+        return "bf16" if mx.default_device() == mx.gpu else None
 
     def sampling(self, cfg_coef: float):
         """Upstream's defaults (its low-memory path samples differently), overridden by explicit flags."""
@@ -61,13 +70,21 @@ class DefaultStages:
         from .lm.tokenizer import TextTokenizers
 
         s = self.settings
-        loaded = load_lm(s.ckpt_dir)
-        tokenizers = TextTokenizers.from_dir(s.runtime.require(s.runtime.tokenizer_dir, "Qwen2 tokenizer"))
+        loaded = load_lm(s.ckpt_dir, dtype=s.lm_load_dtype())
+        tokenizers = TextTokenizers.from_dir(self.tokenizer_dir())
         self._generator = MLXTokenGenerator(
-            loaded.model, loaded.config, tokenizers, model_id=loaded.model_id,
+            loaded.model, loaded.config, tokenizers, model_id=f"{loaded.model_id}:{loaded.dtype}",
             sampling=s.sampling(loaded.config.cfg_coef), batch_size=s.batch_size,
             max_duration=s.max_duration, checkpoint_every=s.checkpoint_every)
         return self._generator
+
+    def tokenizer_dir(self) -> Path:
+        """The runtime's Qwen2 tokenizer, else the copy that mlx-community conversions ship beside the weights."""
+        runtime = self.settings.runtime
+        bundled = self.settings.ckpt_dir / "qwen2_tokenizer"
+        if not runtime.tokenizer_dir.exists() and bundled.is_dir():
+            return bundled
+        return runtime.require(runtime.tokenizer_dir, "Qwen2 tokenizer")
 
     def decoder(self):
         from .decoder.septoken import SepTokenDecoder
