@@ -1,0 +1,281 @@
+"""Random-weight checkpoints in the exact file formats the product loads, for benchmarks (no real weights needed).
+
+Speed depends on shapes, dtypes and file layout, not on weight values, so a benchmark can run the real
+loaders and kernels on random weights of the real geometry. Everything is written tensor by tensor
+(`write_safetensors` streams), so building a 10 GB LM never holds more than one tensor in memory.
+
+- `write_lm_checkpoint`: an MLX conversion as `levo-batch convert` writes it (`config.json` + bf16 safetensors,
+  sharded at 5 GB, optionally 4/8-bit quantised), for `lm_config("tiny"|"medium"|"large")`.
+- `write_runtime`: the upstream runtime folder (`RuntimePaths` layout): Qwen2 tokenizer stand-in, septoken
+  decoder safetensors, VAE json + `.ckpt`, at real size or at the tiny fixture size.
+
+Used by bench/e2e.py; other bench scripts can `from common import ...` (scripts in bench/ see each other).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Mapping
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES_ENV = "LEVO_FIXTURES"
+LM_SIZES = {
+    "tiny": dict(dim=64, intermediate_size=128, num_heads=4, num_layers=2, num_layers_sub=1),
+    "medium": dict(dim=1536, intermediate_size=8960, num_heads=12, num_layers=28, num_layers_sub=12),
+    "large": dict(dim=2048, intermediate_size=11008, num_heads=16, num_layers=36, num_layers_sub=12),
+}
+"""LeVo 2 LM geometries (lm_tiny README, "The tiny config vs the real ones"); everything else is LMConfig's
+v2 default. `tiny` is the test suite's tiny LM (dim 64 so quantisation groups of 64 apply)."""
+
+ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "U8": 1}
+NORM_COUNT = 200_000.0
+"""`normfeat.counts` of the random decoder: past upstream's 100000 update threshold, like a trained file."""
+
+RUNTIME_MARKER = "bench_runtime.json"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    dtype: str  # safetensors dtype code (ITEMSIZE keys)
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * ITEMSIZE[self.dtype]
+
+
+def find_fixtures(explicit: str | Path | None = None) -> Path:
+    """The golden fixtures folder (tokenizer stand-in, real decoder shapes, tiny decoder files)."""
+    candidates = [Path(explicit)] if explicit else []
+    if os.environ.get(FIXTURES_ENV):
+        candidates.append(Path(os.environ[FIXTURES_ENV]))
+    candidates += [REPO / "shared" / "fixtures", REPO.parent / "shared" / "fixtures"]
+    for path in candidates:
+        if (path / "qwen2_tokenizer" / "tokenizer.json").is_file():
+            return path
+    raise FileNotFoundError(
+        f"fixtures folder not found (tried {', '.join(map(str, candidates))}); it provides the Qwen2 tokenizer "
+        f"stand-in and the decoder shapes. Pass --fixtures DIR or set ${FIXTURES_ENV}.")
+
+
+def write_safetensors(path: Path, specs: Mapping[str, TensorSpec], make: Callable[[str], np.ndarray],
+                      metadata: dict[str, str] | None = None) -> Path:
+    """Stream tensors into a .safetensors file: the header is known from `specs`, then `make(name)` supplies
+    each tensor's bytes (any contiguous array whose bytes are the tensor) one at a time."""
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, spec in specs.items():
+        header[name] = {"dtype": spec.dtype, "shape": list(spec.shape), "data_offsets": [offset, offset + spec.nbytes]}
+        offset += spec.nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for name, spec in specs.items():
+            data = np.ascontiguousarray(make(name))
+            if data.nbytes != spec.nbytes:
+                raise ValueError(f"{path}: {name} produced {data.nbytes} bytes, its header says {spec.nbytes}")
+            f.write(memoryview(data.reshape(-1).view(np.uint8)))
+    tmp.replace(path)
+    return path
+
+
+def read_safetensors_specs(path: Path) -> dict[str, TensorSpec]:
+    """Names, dtypes and shapes from a .safetensors header (no tensor data read)."""
+    with Path(path).open("rb") as f:
+        header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+    return {k: TensorSpec(v["dtype"], tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
+
+
+def name_seed(seed: int, name: str) -> int:
+    """Each tensor gets its own stream, so values do not depend on the order tensors are written in."""
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) & 0x7FFF_FFFF
+
+
+# ----------------------------------------------------------------------------------------------- LM
+
+
+def lm_config(size: str):
+    from levo_batch.lm.config import LMConfig
+
+    if size not in LM_SIZES:
+        raise ValueError(f"unknown LM size {size!r}; choose one of {', '.join(LM_SIZES)}")
+    return LMConfig(**LM_SIZES[size])
+
+
+def lm_specs(cfg, quantize: int | None, group_size: int) -> dict[str, TensorSpec]:
+    """The tensors `levo-batch convert` writes for `cfg`: bf16, and for quantised Linear/Embedding weights
+    mlx's packed uint32 `.weight` plus bf16 `.scales`/`.biases` (one per group)."""
+    import mlx.core as mx
+
+    from levo_batch.lm.convert import quantizable
+    from levo_batch.lm.loading import used_shapes
+
+    specs = {}
+    for key, shape in used_shapes(cfg).items():
+        if quantize and quantizable(key, mx.zeros(shape), group_size):
+            base = key[: -len("weight")]
+            specs[key] = TensorSpec("U32", (shape[0], shape[1] * quantize // 32))
+            specs[base + "scales"] = specs[base + "biases"] = TensorSpec("BF16", (shape[0], shape[1] // group_size))
+        else:
+            specs[key] = TensorSpec("BF16", shape)
+    return specs
+
+
+def lm_weight(cfg, key: str, shape: tuple[int, ...], seed: int):
+    """One random bf16 LM tensor. The EOS row of the three output heads is zero: its logit is then 0 while
+    the other 16384 are i.i.d. Gaussian (random rows), so EOS is never the argmax nor inside codebook 0's
+    top-5000 and every song runs to max_duration - a deterministic worst case."""
+    import mlx.core as mx
+
+    if key.endswith("norm.weight"):
+        return mx.ones(shape, dtype=mx.bfloat16)
+    if key.endswith(".bias"):
+        return mx.zeros(shape, dtype=mx.bfloat16)
+    value = mx.random.normal(shape, key=mx.random.key(name_seed(seed, key))) * (shape[-1] ** -0.5)
+    if key in ("transformer.lm_head.weight", "linears.0.weight", "linears.1.weight"):
+        value[cfg.eos_id] = 0
+    return value.astype(mx.bfloat16)
+
+
+def write_lm_checkpoint(dst: Path, cfg, *, quantize: int | None = None, group_size: int = 64, seed: int = 0,
+                        max_shard_bytes: int | None = None) -> Path:
+    """Random MLX conversion of `cfg` in `dst` (shards named and indexed like `levo-batch convert`'s).
+
+    `config.json` is written last, so a folder holding it is complete (callers may reuse it).
+    """
+    import mlx.core as mx
+
+    from levo_batch.lm.convert import SHARD_BYTES, _name_shards
+    from levo_batch.lm.loading import used_shapes
+
+    if quantize not in (None, 4, 8):
+        raise ValueError(f"quantize must be 4 or 8 bits, got {quantize}")
+    dst = Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    specs = lm_specs(cfg, quantize, group_size)
+    full_shapes = used_shapes(cfg)
+    shards: list[dict[str, TensorSpec]] = [{}]
+    for name, spec in specs.items():
+        if shards[-1] and sum(s.nbytes for s in shards[-1].values()) + spec.nbytes > (max_shard_bytes or SHARD_BYTES):
+            shards.append({})
+        shards[-1][name] = spec
+    cache: dict[str, mx.array] = {}
+
+    def make(name: str) -> np.ndarray:
+        """Quantised weights come in threes; the packed weight is made first, its scales/biases are kept."""
+        if name in cache:
+            value = cache.pop(name)
+        elif specs[name].dtype == "U32":
+            full = lm_weight(cfg, name, full_shapes[name], seed)
+            value, scales, biases = mx.quantize(full, group_size=group_size, bits=quantize)
+            base = name[: -len("weight")]
+            cache[base + "scales"], cache[base + "biases"] = scales, biases
+        else:
+            value = lm_weight(cfg, name, specs[name].shape, seed)
+        return np.array(value.reshape(-1).view(mx.uint8))
+
+    paths, weight_map = [], {}
+    for i, shard in enumerate(shards):
+        paths.append(write_safetensors(dst / f".shard-{i}.safetensors", shard, make, {"format": "mlx"}))
+        weight_map.update({k: paths[-1].name for k in shard})
+    _name_shards(dst, paths, weight_map)
+    q = {"bits": quantize, "group_size": group_size} if quantize else None
+    (dst / "config.json").write_text(json.dumps(replace(cfg, quantization=q).to_mlx(), indent=2) + "\n")
+    return dst
+
+
+# ------------------------------------------------------------------------------------------ runtime
+
+
+def decoder_weight(name: str, shape: tuple[int, ...], seed: int):
+    """One random float32 tensor of the septoken model or the VAE, finite through every layer: norm scales,
+    weight-norm gains and BatchNorm variances 1, biases and log-scale snake parameters 0, latent statistics
+    of a unit Gaussian, everything else Gaussian with 1/sqrt(fan-in) scale."""
+    import torch
+
+    leaf = name.rsplit(".", 1)[-1]
+    if name == "normfeat.counts" or name in ("normfeat.sum_x2", "normfeat.sum_target_x2"):
+        return torch.full(shape, NORM_COUNT)
+    if name == "normfeat.sum_x" or leaf in ("bias", "running_mean", "stale_counter", "alpha", "beta"):
+        return torch.zeros(shape)
+    if leaf in ("weight_g", "original0", "running_var") or (leaf == "weight" and len(shape) == 1):
+        return torch.ones(shape)
+    gen = torch.Generator().manual_seed(name_seed(seed, name))
+    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+    return torch.randn(shape, generator=gen) * fan_in**-0.5
+
+
+def _tensor_bytes(name: str, spec: TensorSpec, seed: int) -> np.ndarray:
+    if spec.dtype == "I64":
+        return np.zeros(spec.shape, dtype=np.int64)
+    if spec.dtype != "F32":
+        raise ValueError(f"{name}: random decoder tensors are float32 or int64, not {spec.dtype}")
+    return decoder_weight(name, spec.shape, seed).numpy()
+
+
+def septoken_specs(fixtures: Path, tiny: bool) -> dict[str, TensorSpec]:
+    """Every tensor of upstream's `model_2.safetensors` (fp32; BatchNorm counters int64), real or tiny size."""
+    if tiny:
+        return read_safetensors_specs(fixtures / "decoder_tiny" / "septoken_model.safetensors")
+    shapes = _real_sizes(fixtures)["septoken_PromptCondAudioDiffusion"]["shapes"]
+    return {k: TensorSpec("I64" if k.endswith("num_batches_tracked") else "F32", tuple(v)) for k, v in shapes.items()}
+
+
+def _real_sizes(fixtures: Path) -> dict:
+    return json.loads((fixtures / "decoder_tiny" / "real_size_state_dicts.json").read_text())
+
+
+def tiny_decoder_geometry(fixtures: Path) -> dict:
+    """`levo_decoder.json` for the tiny septoken model: its GPT-2 sizes, which the weights alone do not give."""
+    gpt2 = json.loads((fixtures / "decoder_tiny" / "config.json").read_text())["septoken"]["GPT2Config"]
+    return {k: gpt2[k] for k in ("n_positions", "n_layer", "n_head", "n_embd", "n_inner")}
+
+
+def write_runtime(root: Path, fixtures: Path, *, tiny: bool, seed: int = 0, decoder_overrides: dict | None = None):
+    """Random runtime assets in `root` (reused when its marker says they were built the same way).
+
+    Returns the `RuntimePaths`. Tiny: the decoder_tiny fixture geometry (+ `levo_decoder.json`, with
+    `decoder_overrides` such as shorter windows); real: upstream's shapes, a ~4.4 GB septoken file.
+    """
+    import torch
+
+    from levo_batch.decoder.estimator import CONFIG_FILE
+    from levo_batch.runtime import RuntimePaths
+
+    paths = RuntimePaths(Path(root).resolve())
+    marker = paths.root / RUNTIME_MARKER
+    recipe = {"tiny": tiny, "seed": seed, "decoder_overrides": decoder_overrides or {}}
+    if marker.is_file() and json.loads(marker.read_text()) == recipe:
+        return paths
+    marker.unlink(missing_ok=True)
+    shutil.copytree(fixtures / "qwen2_tokenizer", paths.tokenizer_dir, dirs_exist_ok=True)
+    paths.septoken.parent.mkdir(parents=True, exist_ok=True)
+    specs = septoken_specs(fixtures, tiny)
+    write_safetensors(paths.septoken, specs, lambda n: _tensor_bytes(n, specs[n], seed), {"format": "pt"})
+    geometry = {**(tiny_decoder_geometry(fixtures) if tiny else {}), **(decoder_overrides or {})}
+    (paths.septoken.parent / CONFIG_FILE).unlink(missing_ok=True)
+    if geometry:
+        (paths.septoken.parent / CONFIG_FILE).write_text(json.dumps(geometry, indent=2) + "\n")
+    paths.vae_config.parent.mkdir(parents=True, exist_ok=True)
+    if tiny:
+        shutil.copy(fixtures / "decoder_tiny" / "vae_config.json", paths.vae_config)
+        vae_specs = read_safetensors_specs(fixtures / "decoder_tiny" / "vae.safetensors")
+    else:
+        real = _real_sizes(fixtures)
+        paths.vae_config.write_text(json.dumps(real["vae_config"], indent=2) + "\n")
+        vae_specs = {k: TensorSpec("F32", tuple(v)) for k, v in real["vae_AudioAutoencoder"]["shapes"].items()}
+    state = {k: decoder_weight(k, spec.shape, seed) for k, spec in vae_specs.items()}
+    torch.save({"state_dict": state}, paths.vae_weights)
+    marker.write_text(json.dumps(recipe) + "\n")
+    return paths

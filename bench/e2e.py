@@ -1,0 +1,367 @@
+"""End-to-end benchmark: a test100-style album rendered by the real pipeline (LM + decoder + FLAC outputs).
+
+Builds random-weight checkpoints in the real file formats (bench/common.py), writes a synthetic jsonl of
+English and Chinese songs, runs `levo_batch.pipeline.run` in-process with the production stages, and
+prints phase timings against the product targets (100 songs <= 10 min on one H100, >= 1000 songs/hour,
+decoder <= 1.5 s per 150-s song).
+
+Random LM weights never emit EOS here (see `common.lm_weight`), so every song runs to `--duration`: a worst
+case, real songs often end earlier. Times are measured by wrapping the stage factories and the phase calls;
+the product is not modified.
+
+    python bench/e2e.py --tiny                        # tiny models on CPU, seconds
+    python bench/e2e.py --size large --songs 100      # the headline run (GPU machine)
+    python bench/e2e.py --size large --songs 16 --work /tmp/levo-bench --lm-only --batch-size 16
+    python bench/e2e.py --size large --work /tmp/levo-bench --decoder-only --decoder-batch 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from common import find_fixtures, lm_config, write_lm_checkpoint, write_runtime
+
+TARGET_SONGS = 100
+TARGET_ALBUM_S = 600.0
+TARGET_SONGS_PER_HOUR = 1000.0
+TARGET_DECODER_S = 1.5
+REFERENCE_SONG_S = 150.0
+TINY_DECODER = {"duration": 4}
+"""Tiny runs use 4-s decoder windows (100 frames) instead of upstream's 40 s, so CPU smoke runs take seconds."""
+
+EN_WORDS = ("light", "river", "night", "heart", "road", "city", "rain", "fire", "dream", "summer", "shadow",
+            "morning", "ocean", "window", "letter", "song", "sky", "home", "story", "promise")
+EN_LINES = ("I remember the {0} on the {1}", "we were running through the {0}", "hold on to the {0} tonight",
+            "every {0} is a {1} to me", "you and I under the {0}", "the {0} keeps calling my name",
+            "we will find the {0} again", "nothing stops the {0} and the {1}")
+ZH_CHARS = "风雨花月光夜心梦城海天星路歌爱你我他们在的是一个不了人有这中大来上为和国地到以说时要就出会可也"
+GENRES = ("pop", "rock", "folk", "electronic", "r&b", "jazz", "hip-hop", "country", "ballad", "dance")
+MOODS = ("happy", "sad", "romantic", "energetic", "calm", "nostalgic", "uplifting", "dark")
+INSTRUMENTS = ("piano", "acoustic guitar", "electric guitar", "drums", "bass", "synthesizer", "strings", "violin")
+
+
+def _phrase(rng: random.Random, zh: bool) -> str:
+    if zh:
+        return "".join(rng.choice(ZH_CHARS) for _ in range(rng.randint(6, 9)))
+    return rng.choice(EN_LINES).format(rng.choice(EN_WORDS), rng.choice(EN_WORDS)).capitalize()
+
+
+def song_lyrics(rng: random.Random, zh: bool) -> str:
+    """intro, verse, chorus, instrumental, verse, chorus, bridge, chorus, outro: a typical 2-3 minute song."""
+    chorus = ".".join(_phrase(rng, zh) for _ in range(4))
+    sections = [f"[intro-{rng.choice(('short', 'medium'))}]"]
+    for verse in range(2):
+        sections += ["[verse] " + ".".join(_phrase(rng, zh) for _ in range(4)), f"[chorus] {chorus}"]
+        if verse == 0:
+            sections.append(f"[inst-{rng.choice(('short', 'medium'))}]")
+    sections += ["[bridge] " + ".".join(_phrase(rng, zh) for _ in range(2)), f"[chorus] {chorus}",
+                 f"[outro-{rng.choice(('short', 'medium'))}]"]
+    return " ; ".join(sections)
+
+
+def write_songs(path: Path, n: int, seed: int = 0) -> Path:
+    """`n` jobs: 60% English, 40% Chinese; most with a description (gender, genre, mood, instruments, bpm)."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        zh = rng.random() < 0.4
+        item = {"idx": f"{'zh' if zh else 'en'}_{i:03d}", "gt_lyric": song_lyrics(rng, zh)}
+        if rng.random() < 0.9:
+            item["descriptions"] = (f"{rng.choice(('female', 'male'))}, {rng.choice(GENRES)}, {rng.choice(MOODS)}, "
+                                    f"{' and '.join(rng.sample(INSTRUMENTS, 2))}, the bpm is {rng.randint(70, 150)}.")
+        lines.append(orjson.dumps(item))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+@dataclass
+class Timings:
+    lm_load: float = 0.0
+    lm_generate: float = 0.0
+    lm_steps: int = 0
+    lm_prefills: int = 0
+    decoder_load: float = 0.0
+    decoder_compute: float = 0.0
+    decoder_songs: int = 0
+    decoder_info: dict | None = None
+
+
+class CountingModel:
+    """Forwards everything to the LM, counting batched decode steps and prefills (one per song started)."""
+
+    def __init__(self, model, timings: Timings):
+        self._model, self._timings = model, timings
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def step(self, *args, **kwargs):
+        self._timings.lm_steps += 1
+        return self._model.step(*args, **kwargs)
+
+    def prefill(self, *args, **kwargs):
+        self._timings.lm_prefills += 1
+        return self._model.prefill(*args, **kwargs)
+
+
+class TimedGenerator:
+    def __init__(self, inner, timings: Timings):
+        self.inner, self.timings = inner, timings
+
+    def fingerprint(self) -> dict:
+        return self.inner.fingerprint()
+
+    def max_steps(self) -> int:
+        return self.inner.max_steps()
+
+    def generate(self, songs, sink) -> None:
+        start = time.perf_counter()
+        self.inner.generate(songs, sink)
+        self.timings.lm_generate += time.perf_counter() - start
+
+
+class TimedDecoder:
+    """Counts only the time spent inside the decoder's iterator, not the pipeline's FLAC writing."""
+
+    def __init__(self, inner, timings: Timings):
+        self.inner, self.timings = inner, timings
+        self.sample_rate = inner.sample_rate
+
+    def fingerprint(self) -> dict:
+        return self.inner.fingerprint()
+
+    def decode(self, songs):
+        it = iter(self.inner.decode(songs))
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                self.timings.decoder_compute += time.perf_counter() - start
+                return
+            self.timings.decoder_compute += time.perf_counter() - start
+            self.timings.decoder_songs += 1
+            yield item
+
+
+class TimedStages:
+    """The production stages with their factories and phase calls timed. Keeps no reference to the models,
+    so `DefaultStages.decoder()` can still free the LM before the decoder loads."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.timings = Timings()
+
+    def prompts(self):
+        return self.inner.prompts()
+
+    def generator(self):
+        start = time.perf_counter()
+        generator = self.inner.generator()
+        self.timings.lm_load = time.perf_counter() - start
+        if hasattr(generator, "model"):
+            generator.model = CountingModel(generator.model, self.timings)
+        return TimedGenerator(generator, self.timings)
+
+    def decoder(self):
+        start = time.perf_counter()
+        decoder = self.inner.decoder()
+        self.timings.decoder_load = time.perf_counter() - start
+        self.timings.decoder_info = dict(decoder.fingerprint())
+        return TimedDecoder(decoder, self.timings)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny models on CPU (smoke run, seconds)")
+    p.add_argument("--size", choices=("medium", "large"), default="large", help="LM size (default large)")
+    p.add_argument("--songs", type=int, default=TARGET_SONGS, help="songs in the album (default 100)")
+    p.add_argument("--duration", type=float, default=None,
+                   help="max song length in s, which every song reaches (default 150; 2 with --tiny)")
+    p.add_argument("--batch-size", type=int, default=8, help="LM songs at once (default 8)")
+    p.add_argument("--decoder-batch", type=int, default=4, help="decoder windows at once (default 4)")
+    p.add_argument("--quantize", type=int, choices=(4, 8), default=None, help="quantise the LM (default bf16)")
+    p.add_argument("--work", type=Path, default=None,
+                   help="keep checkpoints and outputs here and reuse them (default: a temporary folder)")
+    p.add_argument("--fixtures", type=Path, default=None, help="golden fixtures folder (tokenizer, decoder shapes)")
+    p.add_argument("--device", default=None, help="torch device of the decoder (default: best; cpu with --tiny)")
+    phase = p.add_mutually_exclusive_group()
+    phase.add_argument("--lm-only", action="store_true", help="stop after the LM phase")
+    phase.add_argument("--decoder-only", action="store_true",
+                       help="decode tokens already in WORK/out (random ones where missing)")
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2.0 if args.tiny else REFERENCE_SONG_S
+    if args.songs < 1 or args.duration <= 0 or args.batch_size < 1 or args.decoder_batch < 1:
+        p.error("--songs, --duration, --batch-size and --decoder-batch must be positive")
+    if args.tiny and args.device is None:
+        args.device = "cpu"
+    return args
+
+
+def build(args: argparse.Namespace, work: Path) -> tuple[Path, object]:
+    """LM checkpoint and runtime folder, reused from `work` when already built the same way."""
+    fixtures = find_fixtures(args.fixtures)
+    size = "tiny" if args.tiny else args.size
+    ckpt = work / f"lm-{size}-{f'q{args.quantize}' if args.quantize else 'bf16'}"
+    if not args.decoder_only:
+        if (ckpt / "config.json").is_file():
+            print(f"reusing LM checkpoint {ckpt}")
+        else:
+            shutil.rmtree(ckpt, ignore_errors=True)
+            start = time.perf_counter()
+            write_lm_checkpoint(ckpt, lm_config(size), quantize=args.quantize)
+            print(f"wrote LM checkpoint {ckpt} in {time.perf_counter() - start:.1f} s")
+    start = time.perf_counter()
+    runtime = write_runtime(work / f"runtime-{'tiny' if args.tiny else 'real'}", fixtures, tiny=args.tiny,
+                            decoder_overrides=TINY_DECODER if args.tiny else None)
+    print(f"runtime assets ready in {runtime.root} ({time.perf_counter() - start:.1f} s)")
+    return ckpt, runtime
+
+
+def seed_tokens(save_dir: Path, jsonl: Path, duration: float, seed: int = 0) -> int:
+    """Random `[3, T]` token records for songs without one, so --decoder-only runs without an LM phase."""
+    import numpy as np
+
+    from levo_batch.jobs import load_jobs
+    from levo_batch.stages import FRAME_RATE
+    from levo_batch.store import TokenStore
+
+    store = TokenStore(save_dir)
+    rng = np.random.default_rng(seed)
+    added = 0
+    for job in load_jobs(jsonl)[0]:
+        if store.load_any(job.idx) is None:
+            tokens = rng.integers(0, 16384, (3, int(duration * FRAME_RATE)), dtype=np.int64)
+            store.save(job.idx, tokens, {"bench": "random tokens"}, {"seed": 0, "prompt": {}})
+            added += 1
+    return added
+
+
+def render(args: argparse.Namespace, work: Path) -> tuple[object, Timings, float]:
+    """Run the pipeline on the album; returns its summary, the phase timings and the wall time."""
+    import mlx.core as mx
+
+    from levo_batch.backends import DefaultStages, GenerationSettings
+    from levo_batch.pipeline import RunOptions, run
+
+    if args.tiny:
+        mx.set_default_device(mx.cpu)
+    ckpt, runtime = build(args, work)
+    jsonl = write_songs(work / f"album-{args.songs}.jsonl", args.songs)
+    save_dir = work / "out"
+    shutil.rmtree(save_dir / "audios", ignore_errors=True)
+    shutil.rmtree(save_dir / "jsonl", ignore_errors=True)
+    if args.decoder_only:
+        print(f"seeded random tokens for {seed_tokens(save_dir, jsonl, args.duration)} songs")
+    else:
+        shutil.rmtree(save_dir / "tokens", ignore_errors=True)
+    settings = GenerationSettings(ckpt_dir=ckpt, runtime=runtime, batch_size=args.batch_size,
+                                  decoder_batch=args.decoder_batch, max_duration=args.duration, device=args.device)
+    stages = TimedStages(DefaultStages(settings))
+    opts = RunOptions(jsonl, save_dir, tokens_only=args.lm_only, decode_only=args.decoder_only)
+    start = time.perf_counter()
+    summary = run(opts, stages)
+    wall = time.perf_counter() - start
+    if summary.failed:
+        raise SystemExit("benchmark run failed:\n" + summary.report())
+    return summary, stages.timings, wall
+
+
+def memory_rows() -> list[tuple[str, str]]:
+    import mlx.core as mx
+    import torch
+
+    rows = [("MLX device", str(mx.default_device())), ("MLX peak memory", f"{mx.get_peak_memory() / 2**30:.2f} GiB")]
+    if torch.cuda.is_available():
+        rows += [("torch CUDA device", torch.cuda.get_device_name()),
+                 ("torch CUDA peak allocated", f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")]
+    rows.append(("host peak RSS", f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"))
+    return rows
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def report(args: argparse.Namespace, summary, t: Timings, wall: float) -> str:
+    """The results table; 100-song figures extrapolate per LM wave (ceil(songs / batch) batches of equal-length
+    songs) and per decoded song, plus both model loads once."""
+    n = args.songs
+    rows: list[tuple[str, str, str]] = [
+        ("songs x max duration", f"{n} x {args.duration:g} s (every song runs to max: worst case)", ""),
+        ("LM", f"{'tiny' if args.tiny else args.size}, {f'{args.quantize}-bit' if args.quantize else 'bf16'}, "
+               f"batch {args.batch_size}", ""),
+    ]
+    per_100 = 0.0
+    steady = 0.0
+    if not args.decoder_only:
+        waves = math.ceil(n / min(args.batch_size, n))
+        lm_100 = t.lm_generate / waves * math.ceil(TARGET_SONGS / args.batch_size)
+        per_100 += t.lm_load + lm_100
+        steady += t.lm_generate / n
+        rows += [
+            ("LM load", f"{t.lm_load:.1f} s", ""),
+            ("LM generate", f"{t.lm_generate:.1f} s ({t.lm_steps} batched steps, {t.lm_prefills} prefills)", ""),
+            ("LM steps/s", f"{t.lm_steps / t.lm_generate:.1f} ({1000 * t.lm_generate / max(t.lm_steps, 1):.1f} ms/step)", ""),
+            ("LM songs/hour (LM only)", f"{n / t.lm_generate * 3600:.0f}", ""),
+        ]
+        if n < args.batch_size:
+            rows.append(("note", f"{n} songs < batch {args.batch_size}: steps ran at batch {n}, 100-song figures "
+                                  "are optimistic", ""))
+    if not args.lm_only:
+        per_song = t.decoder_compute / max(t.decoder_songs, 1)
+        audio_s = summary.audio_seconds / max(len(summary.done), 1)
+        per_ref = per_song * REFERENCE_SONG_S / audio_s if audio_s else float("nan")
+        per_100 += t.decoder_load + per_song * TARGET_SONGS
+        steady += per_song
+        info = t.decoder_info or {}
+        rows += [
+            ("decoder", f"device {info.get('device', '?')}, flow {info.get('dtype', '?')}, VAE "
+                        f"{info.get('vae_dtype', '?')}, batch {args.decoder_batch}", ""),
+            ("decoder load", f"{t.decoder_load:.1f} s", ""),
+            ("decoder compute", f"{t.decoder_compute:.1f} s ({per_song:.2f} s/song, {audio_s:.1f} s audio/song)", ""),
+            ("decoder s per 150-s song", f"{per_ref:.2f} s", f"<= {TARGET_DECODER_S} s: {verdict(per_ref <= TARGET_DECODER_S)}"),
+        ]
+    other = wall - t.lm_load - t.lm_generate - t.decoder_load - t.decoder_compute
+    per_100 += other / n * TARGET_SONGS
+    steady += other / n
+    rows += [
+        ("pipeline wall", f"{wall:.1f} s for {n} songs (outputs, store, validation: {other:.1f} s)", ""),
+        ("extrapolated 100 songs", f"{per_100:.1f} s ({per_100 / 60:.1f} min)",
+         f"<= {TARGET_ALBUM_S / 60:.0f} min: {verdict(per_100 <= TARGET_ALBUM_S)}" if not (args.lm_only or args.decoder_only) else ""),
+        ("songs/hour (steady, no loads)", f"{3600 / steady:.0f}",
+         f">= {TARGET_SONGS_PER_HOUR:.0f}: {verdict(3600 / steady >= TARGET_SONGS_PER_HOUR)}"
+         if not (args.lm_only or args.decoder_only) else ""),
+    ]
+    rows += [(k, v, "") for k, v in memory_rows()]
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    return "\n".join(f"{k:<{width}}  {v:<{vwidth}}  {target}".rstrip() for k, v, target in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="levo-e2e-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        summary, timings, wall = render(args, work)
+        print(report(args, summary, timings, wall))
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
