@@ -7,6 +7,7 @@ windows); all windows of all songs go to one `decode_chunked` call, whose chunks
     python bench/bench_vae.py                                  # 1 song of 150 s, fp32, default device
     python bench/bench_vae.py --songs 4 --max-batch 16 --dtype bfloat16 --compare
     python bench/bench_vae.py --compile snake --no-tf32 --encode-seconds 10
+    python bench/bench_vae.py --no-cudnn --max-batch 1          # upstream's setting (generate.py disables cuDNN)
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main() -> None:
     parser.add_argument("--compile", choices=("none", "snake", "full"), default="none")
     parser.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
                         help="allow TF32 in cuDNN convolutions (PyTorch's default; upstream runs without cuDNN)")
+    parser.add_argument("--cudnn", action=argparse.BooleanOptionalAction, default=True,
+                        help="use cuDNN (upstream's generate.py turns it off)")
     parser.add_argument("--compare", action="store_true", help="also report the error against a float32 run")
     parser.add_argument("--encode-seconds", type=float, default=0.0, help="also time a prompt encode this long")
     parser.add_argument("--repeats", type=int, default=3)
@@ -77,6 +80,7 @@ def main() -> None:
 
     device = torch_device(args.device)
     dtype = DTYPES[args.dtype]
+    torch.backends.cudnn.enabled = args.cudnn
     torch.backends.cudnn.allow_tf32 = args.tf32
     torch.backends.cudnn.benchmark = True
     vae = build(args, device)
@@ -99,7 +103,7 @@ def main() -> None:
 
     seconds, out = timed(decode, device, args.repeats)
     print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}) "
-          f"dtype={args.dtype} tf32={args.tf32} compile={args.compile} max_batch={args.max_batch} "
+          f"dtype={args.dtype} cudnn={args.cudnn} tf32={args.tf32} compile={args.compile} max_batch={args.max_batch} "
           f"chunk={args.chunk_size}/{args.overlap}")
     print(f"decode: {args.songs} song(s) x {windows} window(s) of {args.frames} frames in {seconds:.3f} s "
           f"-> {seconds / args.songs:.3f} s per {args.seconds:.0f}-s song, "
