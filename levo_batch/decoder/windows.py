@@ -163,22 +163,50 @@ def advance(songs: Iterable[SongWindows], sample: Sampler, batch_size: int) -> I
         active = [song for song in active if not song.done]
 
 
-def render(song: SongWindows, vae_decode: Callable[[torch.Tensor], torch.Tensor],
+def vae_prefix(frames: int, needed: int, chunk: int, overlap: int) -> int:
+    """Shortest latent prefix whose chunked VAE decode equals the full decode on the first `needed` frames.
+
+    Chunked decoding pastes independent chunks with hard cuts, so output frames before a cut never see later
+    latents. Ending the prefix on a chunk-grid boundary reproduces the full decode's chunks up to there; the
+    audio past the song's end (the last window's tiled tail, most of a short song's only window) is then not
+    decoded at all. Follows the chunking of `OobleckVAE.decode_chunked` (upstream's `decode_audio`).
+    """
+    if frames <= chunk:
+        return frames
+    starts = list(range(0, frames - chunk + 1, chunk - overlap))
+    if starts[-1] + chunk != frames:
+        starts.append(frames - chunk)
+    for start, following in zip(starts, starts[1:]):
+        if needed <= following + overlap // 2:
+            return start + chunk
+    return frames
+
+
+def render(song: SongWindows, vae_decode: Callable[[torch.Tensor], torch.Tensor], chunk: int, overlap: int,
            max_batch: int = 1) -> np.ndarray:
     """VAE-decode a completed song's windows, cross-fade them, cut to the target length -> `[2, N]` float32.
 
-    `vae_decode` maps `[B, 64, T]` latents to `[B, 2, T * 1920]`; windows of equal length are decoded up to
-    `max_batch` at a time.
+    `vae_decode` is a chunked decode (`chunk`/`overlap` frames) of `[B, 64, T]` latents to `[B, 2, T * 1920]`.
+    Each window decodes only the prefix that reaches the song's end (`vae_prefix`; audio past it stays zero and
+    is cut), and windows with equal prefixes are decoded up to `max_batch` at a time.
     """
     lats = song.window_latents()
+    overlap_samples = song.plan.overlap * SAMPLES_PER_FRAME
+    prefixes, position = [], 0
+    for lat in lats:
+        needed = math.ceil(max(song.target_len - position, 0) / SAMPLES_PER_FRAME)
+        prefixes.append(vae_prefix(lat.shape[-1], needed, chunk, overlap))
+        position += lat.shape[-1] * SAMPLES_PER_FRAME - overlap_samples
     audio: list[np.ndarray] = []
     i = 0
     while i < len(lats):
         j = i + 1
-        while j < len(lats) and j - i < max_batch and lats[j].shape == lats[i].shape:
+        while j < len(lats) and j - i < max_batch and (lats[j].shape, prefixes[j]) == (lats[i].shape, prefixes[i]):
             j += 1
-        wav = vae_decode(torch.stack(lats[i:j])).float().cpu().numpy()
-        audio.extend(wav)
+        wav = vae_decode(torch.stack([lat[:, : prefixes[i]] for lat in lats[i:j]])).float().cpu().numpy()
+        full = np.zeros((j - i, wav.shape[1], lats[i].shape[-1] * SAMPLES_PER_FRAME), dtype=np.float32)
+        full[..., : wav.shape[-1]] = wav
+        audio.extend(full)
         i = j
-    out = crossfade_join(audio, song.plan.overlap * SAMPLES_PER_FRAME)
+    out = crossfade_join(audio, overlap_samples)
     return np.ascontiguousarray(out[:, : song.target_len])
