@@ -121,13 +121,13 @@ def test_reads_only_needed_tensors(fixtures, w2v2, monkeypatch):
     original = SafetensorsDict.__getitem__
     monkeypatch.setattr(SafetensorsDict, "__getitem__", lambda self, key: read.append(key) or original(self, key))
     RVQ1Encoder.load(fixtures.joinpath(*RVQ1_FILE), device="cpu", config=w2v2)
-    expected = set(RVQ1Encoder.checkpoint_keys()) | {se.RESAMPLE_KEY}
-    assert set(read) == expected
+    optional = {se.RESAMPLE_KEY, "bestrq.model.conformer.embed_positions.inv_freq"}
+    assert set(read) == set(RVQ1Encoder.checkpoint_keys()) | optional
     assert not any(k.startswith(("bestrq.model.conformer.layers.6.", "bestrq.model.linear", "normfeat")) for k in read)
 
     read.clear()
     SepTokenEncoder.load(fixtures.joinpath(*SEP_FILE), device="cpu", config=w2v2)
-    assert set(read) == set(SepTokenEncoder.checkpoint_keys()) | {se.RESAMPLE_KEY}
+    assert set(read) == set(SepTokenEncoder.checkpoint_keys()) | optional
     assert any(k.startswith("bestrq.model.conformer.layers.6.") for k in read)
     assert not any(k.startswith(("bestrq.model.conformer.layers.7.", "cfm_wrapper")) for k in read)
 
@@ -141,11 +141,12 @@ def test_missing_tensor_names_the_file(fixtures, w2v2, tmp_path):
         RVQ1Encoder.load(path, device="cpu", config=w2v2)
 
 
-def test_stored_kernel_is_optional(fixtures, w2v2, rvq1):
+def test_stored_kernel_and_rotary_frequencies_are_optional(fixtures, w2v2, rvq1):
     sd = load_file(fixtures.joinpath(*RVQ1_FILE))
-    del sd[se.RESAMPLE_KEY]
+    del sd[se.RESAMPLE_KEY], sd["bestrq.model.conformer.embed_positions.inv_freq"]
     enc = RVQ1Encoder.from_state_dict(sd, device="cpu", config=w2v2)
     assert torch.allclose(enc.kernel, rvq1.kernel, atol=1e-7, rtol=0)
+    assert torch.allclose(enc.musicfm.inv_freq, rvq1.musicfm.inv_freq, atol=0, rtol=1e-6)
 
 
 @pytest.mark.parametrize("bad", [torch.zeros(480000), torch.zeros(1, 480000), torch.zeros(2, 0)])

@@ -139,10 +139,14 @@ class MusicFM(nn.Module):
 
     @staticmethod
     def checkpoint_keys(n_layers: int, prefix: str = "bestrq.model.") -> list[str]:
-        """Checkpoint tensors needed for layers `0..n_layers` (BatchNorm step counters excluded: unused)."""
+        """Checkpoint tensors required for layers `0..n_layers`.
+
+        Not listed: BatchNorm step counters (unused) and `inv_freq`, which is read when present, else recomputed.
+        """
         with torch.device("meta"):
             names = MusicFM(MusicFMConfig(n_layers=n_layers)).state_dict()
-        return [prefix + CHECKPOINT_NAMES.get(n, n) for n in names if not n.endswith("num_batches_tracked")]
+        return [prefix + CHECKPOINT_NAMES.get(n, n) for n in names
+                if not n.endswith("num_batches_tracked") and n != "inv_freq"]
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], n_layers: int, *, prefix: str = "bestrq.model.",

@@ -110,7 +110,7 @@ class _TokenEncoder:
 
     @classmethod
     def checkpoint_keys(cls) -> list[str]:
-        """Every tensor read from the checkpoint (the resample kernel too when the file has it)."""
+        """Tensors the checkpoint must hold; the resample kernel and rotary `inv_freq` are also read if present."""
         vq = [p + "quantizers.0." + k for p in cls.VQ_PREFIXES for k in VQ_KEYS]
         return MusicFM.checkpoint_keys(max(cls.LAYERS)) + vq
 
@@ -138,7 +138,7 @@ class _TokenEncoder:
     @classmethod
     def load(cls, path: Path | str, device: torch.device | str | None = None, dtype: torch.dtype | None = None,
              config: Mapping | None = None):
-        """From the official safetensors file, reading only `checkpoint_keys()` (never the rest of the file)."""
+        """From the official safetensors file, reading only the tensors listed above (never the rest of the file)."""
         return cls.from_state_dict(SafetensorsDict(Path(path)), device=device, dtype=dtype, config=config)
 
     def _segments(self, x: torch.Tensor) -> torch.Tensor:
