@@ -79,13 +79,17 @@ def write_safetensors(path: Path, specs: Mapping[str, TensorSpec], make: Callabl
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.write(struct.pack("<Q", len(raw)) + raw)
-        for name, spec in specs.items():
-            data = np.ascontiguousarray(make(name))
-            if data.nbytes != spec.nbytes:
-                raise ValueError(f"{path}: {name} produced {data.nbytes} bytes, its header says {spec.nbytes}")
-            f.write(memoryview(data.reshape(-1).view(np.uint8)))
+    try:
+        with tmp.open("wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for name, spec in specs.items():
+                data = np.ascontiguousarray(make(name))
+                if data.nbytes != spec.nbytes:
+                    raise ValueError(f"{path}: {name} produced {data.nbytes} bytes, its header says {spec.nbytes}")
+                f.write(memoryview(data.reshape(-1).view(np.uint8)))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(path)
     return path
 
@@ -243,9 +247,9 @@ def tiny_decoder_geometry(fixtures: Path) -> dict:
 
 
 def write_runtime(root: Path, fixtures: Path, *, tiny: bool, seed: int = 0, decoder_overrides: dict | None = None):
-    """Random runtime assets in `root` (reused when its marker says they were built the same way).
+    """Random runtime assets in `root`, or the ones already there when its marker says they were built the same way.
 
-    Returns the `RuntimePaths`. Tiny: the decoder_tiny fixture geometry (+ `levo_decoder.json`, with
+    Returns the `RuntimePaths` and whether they were reused. Tiny: the decoder_tiny fixture geometry (+ `levo_decoder.json`, with
     `decoder_overrides` such as shorter windows); real: upstream's shapes, a ~4.4 GB septoken file.
     """
     import torch
@@ -257,7 +261,7 @@ def write_runtime(root: Path, fixtures: Path, *, tiny: bool, seed: int = 0, deco
     marker = paths.root / RUNTIME_MARKER
     recipe = {"tiny": tiny, "seed": seed, "decoder_overrides": decoder_overrides or {}}
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
-        return paths
+        return paths, True
     marker.unlink(missing_ok=True)
     shutil.copytree(fixtures / "qwen2_tokenizer", paths.tokenizer_dir, dirs_exist_ok=True)
     paths.septoken.parent.mkdir(parents=True, exist_ok=True)
@@ -278,4 +282,4 @@ def write_runtime(root: Path, fixtures: Path, *, tiny: bool, seed: int = 0, deco
     state = {k: decoder_weight(k, spec.shape, seed) for k, spec in vae_specs.items()}
     torch.save({"state_dict": state}, paths.vae_weights)
     marker.write_text(json.dumps(recipe) + "\n")
-    return paths
+    return paths, False

@@ -11,8 +11,11 @@ the product is not modified.
 
     python bench/e2e.py --tiny                        # tiny models on CPU, seconds
     python bench/e2e.py --size large --songs 100      # the headline run (GPU machine)
-    python bench/e2e.py --size large --songs 16 --work /tmp/levo-bench --lm-only --batch-size 16
-    python bench/e2e.py --size large --work /tmp/levo-bench --decoder-only --decoder-batch 8
+    python bench/e2e.py --size large --songs 16 --work outputs/e2e --lm-only --batch-size 16
+    python bench/e2e.py --size large --work outputs/e2e --decoder-only --decoder-batch 8
+
+`--work` keeps the built checkpoints (~15 GB at large size, a few minutes to write) for later runs; outputs/
+is git-ignored, so it survives between commands on a warm machine.
 """
 
 from __future__ import annotations
@@ -222,10 +225,10 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, object]:
             start = time.perf_counter()
             write_lm_checkpoint(ckpt, lm_config(size), quantize=args.quantize)
             print(f"wrote LM checkpoint {ckpt} in {time.perf_counter() - start:.1f} s")
+    root = work / f"runtime-{'tiny' if args.tiny else 'real'}"
     start = time.perf_counter()
-    runtime = write_runtime(work / f"runtime-{'tiny' if args.tiny else 'real'}", fixtures, tiny=args.tiny,
-                            decoder_overrides=TINY_DECODER if args.tiny else None)
-    print(f"runtime assets ready in {runtime.root} ({time.perf_counter() - start:.1f} s)")
+    runtime, reused = write_runtime(root, fixtures, tiny=args.tiny, decoder_overrides=TINY_DECODER if args.tiny else None)
+    print(f"{'reusing' if reused else 'wrote'} runtime assets {root} ({time.perf_counter() - start:.1f} s)")
     return ckpt, runtime
 
 
@@ -317,8 +320,8 @@ def report(args: argparse.Namespace, summary, t: Timings, wall: float) -> str:
             ("LM songs/hour (LM only)", f"{n / t.lm_generate * 3600:.0f}", ""),
         ]
         if n < args.batch_size:
-            rows.append(("note", f"{n} songs < batch {args.batch_size}: steps ran at batch {n}, 100-song figures "
-                                  "are optimistic", ""))
+            rows.append(("note", f"{n} songs < batch {args.batch_size}: steps ran at batch {n}; use --songs >= "
+                                  "--batch-size for representative figures", ""))
     if not args.lm_only:
         per_song = t.decoder_compute / max(t.decoder_songs, 1)
         audio_s = summary.audio_seconds / max(len(summary.done), 1)
