@@ -35,7 +35,9 @@ def _sinc_reference(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return y
 
 
-@pytest.mark.parametrize("key, rates", [("rsq48tobestrq.kernel", (48000, 24000)), ("rsq48tohubert.kernel", (48000, 16000))])
+@pytest.mark.parametrize(
+    "key, rates", [("rsq48tobestrq.kernel", (48000, 24000)), ("rsq48tohubert.kernel", (48000, 16000))]
+)
 def test_kernel_equals_upstream_stored_kernel(fixtures, key, rates):
     with safe_open(str(fixtures / "decoder_tiny" / "septoken_model.safetensors"), "pt") as f:
         stored = f.get_tensor(key)

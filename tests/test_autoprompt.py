@@ -92,7 +92,8 @@ def test_refuses_malicious_pickle(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "new_auto_prompt.pt"
     torch.save({"Pop": {"en": [_Exploit(str(marker))]}}, path)
-    with pytest.raises(AutoPromptError, match=r"refusing to load .*new_auto_prompt\.pt: it is not a plain tensor library"):
+    message = r"refusing to load .*new_auto_prompt\.pt: it is not a plain tensor library"
+    with pytest.raises(AutoPromptError, match=message):
         AutoPromptLibrary.load(path)
     assert not marker.exists()
     assert not path.with_suffix(".npz").exists()
@@ -107,7 +108,8 @@ def test_errors(tmp_path, lib_path):
         AutoPromptLibrary.load(lfs)
     bad = tmp_path / "bad.pt"
     torch.save({"Pop": {"en": [torch.zeros(3, 10, dtype=torch.long)]}}, bad)
-    with pytest.raises(AutoPromptError, match=r"bad\.pt: 'Pop'/'en'\[0\] is not an integer tensor of shape \(1, 3, T\)"):
+    message = r"bad\.pt: 'Pop'/'en'\[0\] is not an integer tensor of shape \(1, 3, T\)"
+    with pytest.raises(AutoPromptError, match=message):
         AutoPromptLibrary.load(bad)
     torch.save({"Pop": [torch.zeros(1, 3, 10, dtype=torch.long)]}, bad)
     with pytest.raises(AutoPromptError, match=r"genre 'Pop' maps to list, expected a dict of languages"):

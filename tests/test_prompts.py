@@ -146,7 +146,7 @@ def test_prompt_audio_errors(preparer, tmp_path):
         "junk": (tmp_path / "junk.mp3", r"prompt audio: cannot read audio file .*junk\.mp3: "),
         "empty": (tmp_path / "empty.wav", r"prompt audio: audio file .*empty\.wav contains no samples"),
         "short": (tmp_path / "short.wav", r"prompt audio .*short\.wav is 0\.50 s long; give at least 1 s"),
-        "silent": (tmp_path / "silent.wav", r"prompt audio .*silent\.wav is silent \(below -80 dBFS, or its channels cancel out\)"),
+        "silent": (tmp_path / "silent.wav", r"prompt audio .*silent\.wav is silent \(below -80 dBFS, or its"),
         "cancel": (tmp_path / "cancel.wav", r"cancel\.wav is silent \(below -80 dBFS, or its channels cancel out\)"),
     }
     cases["junk"][0].write_bytes(b"\x00\x01 definitely not an mp3" * 20)

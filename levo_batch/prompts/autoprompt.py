@@ -98,7 +98,9 @@ def _validate(raw: object, path: Path) -> dict[str, dict[str, list[np.ndarray]]]
     entries: dict[str, dict[str, list[np.ndarray]]] = {}
     for genre, langs in raw.items():
         if not isinstance(langs, dict):
-            raise AutoPromptError(f"{path}: genre {genre!r} maps to {type(langs).__name__}, expected a dict of languages")
+            raise AutoPromptError(
+                f"{path}: genre {genre!r} maps to {type(langs).__name__}, expected a dict of languages"
+            )
         entries[str(genre)] = {}
         for lang, prompts in langs.items():
             if not isinstance(prompts, (list, tuple)):
