@@ -24,6 +24,7 @@ from torch import nn
 from levo_batch.decoder.weights import source_name, take
 
 CONFIG_FILE = "levo_decoder.json"
+GEOMETRY_HINT = f"a non-official model needs a {CONFIG_FILE} next to its weights giving its geometry"
 ESTIMATOR_PREFIX = "cfm_wrapper.estimator."
 LATENT_DIM = 64
 TIME_FREQ_DIM = 512
@@ -156,11 +157,10 @@ class Estimator(nn.Module):
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], cfg: DecoderConfig, *, prefix: str = ESTIMATOR_PREFIX,
                         device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> "Estimator":
         """Map upstream's GPT2 names onto this module (Conv1D weights transposed), checking every shape."""
-        hint = f"a non-official model needs a {CONFIG_FILE} next to its weights giving its geometry"
         n_layer = sum(1 for i in range(cfg.n_layer + 1) if f"{prefix}h.{i}.ln_1.weight" in sd)
         if n_layer != cfg.n_layer and f"{prefix}h.0.ln_1.weight" in sd:
             raise ValueError(f"{source_name(sd)} has {n_layer}{'+' * (n_layer > cfg.n_layer)} estimator blocks, "
-                             f"the config {cfg.n_layer}; {hint}")
+                             f"the config {cfg.n_layer}; {GEOMETRY_HINT}")
         with torch.device("meta"):
             model = cls(cfg)
         src = _upstream_tensors(sd, prefix, cfg)
@@ -169,7 +169,7 @@ class Estimator(nn.Module):
                if src[k].shape != s]
         if bad:
             raise ValueError(f"estimator weights in {source_name(sd)} do not fit the config "
-                             f"({'; '.join(bad[:4])}); {hint}")
+                             f"({'; '.join(bad[:4])}); {GEOMETRY_HINT}")
         state = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in src.items()}
         model.load_state_dict(state, assign=True)
         return model.eval()

@@ -16,7 +16,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from levo_batch.decoder.estimator import LATENT_DIM, DecoderConfig, Estimator
+from levo_batch.decoder.estimator import GEOMETRY_HINT, LATENT_DIM, DecoderConfig, Estimator
 from levo_batch.decoder.vq import SingleVQ
 from levo_batch.decoder.weights import source_name, take
 
@@ -104,7 +104,7 @@ class FlowDecoder(nn.Module):
         width = mask_emb.shape[1] + 2 * LATENT_DIM + vocal.dim + bgm.dim
         if width != cfg.n_embd:
             raise ValueError(f"{source_name(sd)}: mask/latent/token widths add up to {width}, "
-                             f"but the estimator is {cfg.n_embd} wide")
+                             f"but the estimator is {cfg.n_embd} wide; {GEOMETRY_HINT}")
         estimator = Estimator.from_state_dict(sd, cfg, device=device, dtype=dtype)
         return cls(cfg, vocal, bgm, mask_emb, LatentNorm.from_state_dict(sd, device), estimator).eval()
 

@@ -1,0 +1,216 @@
+"""SepTokenDecoder end to end: official file formats in a runtime folder, waveforms vs upstream (decoder_tiny)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import levo_batch.decoder.septoken as septoken_module
+from levo_batch.decoder.septoken import SepTokenDecoder
+from levo_batch.runtime import RuntimePaths
+from levo_batch.stages import DecodeRequest, PromptAudio
+
+TINY = {"n_layer": 2, "n_head": 4, "n_embd": 216, "n_inner": 432}
+CASE_GEN_TYPE = {"mixed_4s": "mixed", "bgm_3s": "bgm", "vocal_2s": "vocal", "separate_2s28": "separate",
+                 "long_40s12": "mixed", "dur4_10s04": "mixed", "prompt_mixed_3s": "mixed"}
+SEPARATE_PREFIX = {"vocal": "d0_", "bgm": "d1_", "main": "d2_"}
+KIND_STEM = {"vocal": "vocal", "bgm": "bgm", "mixed": "main"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The shared 2-core test machine is oversubscribed; one intra-op thread avoids spin-wait collapse."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_runtime(root, fixtures, **overrides) -> RuntimePaths:
+    """A runtime folder in the official layout: septoken safetensors (+ levo_decoder.json for the tiny
+    geometry), stable-audio VAE json and a torch `.ckpt` holding `{'state_dict': ...}`."""
+    src = fixtures / "decoder_tiny"
+    runtime = RuntimePaths(root)
+    runtime.septoken.parent.mkdir(parents=True)
+    runtime.vae_config.parent.mkdir(parents=True)
+    shutil.copy(src / "septoken_model.safetensors", runtime.septoken)
+    (runtime.septoken.parent / "levo_decoder.json").write_text(json.dumps({**TINY, **overrides}))
+    shutil.copy(src / "vae_config.json", runtime.vae_config)
+    torch.save({"state_dict": load_file(src / "vae.safetensors")}, runtime.vae_weights)
+    return runtime
+
+
+@pytest.fixture(scope="module")
+def runtime(tmp_path_factory, fixtures):
+    return make_runtime(tmp_path_factory.mktemp("runtime"), fixtures)
+
+
+@pytest.fixture(scope="module")
+def runtime_4s(tmp_path_factory, fixtures):
+    """Upstream's code2sound(duration=4) with 64-frame VAE chunks: 100-frame windows, cheap to run."""
+    return make_runtime(tmp_path_factory.mktemp("runtime4"), fixtures, duration=4, vae_chunk_size=64)
+
+
+@pytest.fixture(scope="module")
+def decoder(runtime):
+    return SepTokenDecoder.load(runtime, device="cpu", batch_size=4)
+
+
+def load_case(fixtures, name):
+    return np.load(fixtures / "decoder_tiny" / f"case_{name}.npz")
+
+
+def inject_recorded_noise(monkeypatch, case, gen_type):
+    """Replace the seeded noise by the draws upstream recorded, keyed like the decoder asks for them."""
+    def recorded(seed, key, shape):
+        kind, what = key.split("/")
+        prefix = SEPARATE_PREFIX[KIND_STEM[kind]] if gen_type == "separate" else "d0_"
+        name = f"{prefix}vae_bottleneck_noise" if what == "prompt" else f"{prefix}chunk{what[6:]}_noise_init"
+        array = torch.from_numpy(case[name])
+        return array[0] if name.endswith("noise_init") else array
+
+    monkeypatch.setattr(septoken_module, "seeded_noise", recorded)
+
+
+def decode_one(decoder, request):
+    results = list(decoder.decode([request]))
+    assert [idx for idx, _ in results] == [request.idx]
+    return results[0][1]
+
+
+@pytest.mark.parametrize("name", ["mixed_4s", "bgm_3s", "vocal_2s", "separate_2s28"])
+def test_waveforms_match_upstream(fixtures, decoder, monkeypatch, name):
+    case = load_case(fixtures, name)
+    gen_type = CASE_GEN_TYPE[name]
+    inject_recorded_noise(monkeypatch, case, gen_type)
+    stems = decode_one(decoder, DecodeRequest(name, case["tokens"][0], gen_type, seed=0))
+    expected = SEPARATE_PREFIX if gen_type == "separate" else {"main": "d0_"}
+    assert set(stems) == set(expected)
+    for stem, prefix in expected.items():
+        ref = case[f"{prefix}wav"]
+        assert stems[stem].dtype == np.float32 and stems[stem].shape == ref.shape
+        np.testing.assert_allclose(stems[stem], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_long_song_two_windows_crossfaded(fixtures, decoder, monkeypatch):
+    case = load_case(fixtures, "long_40s12")
+    inject_recorded_noise(monkeypatch, case, "mixed")
+    wav = decode_one(decoder, DecodeRequest("long", case["tokens"][0], "mixed", seed=0))["main"]
+    assert wav.shape == (2, int(case["d0_wav_len"])) == (2, 1925759)
+    head, tail = case["d0_wav_head"], case["d0_wav_tail"]
+    np.testing.assert_allclose(wav[:, : head.shape[1]], head, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(wav[:, -tail.shape[1] :], tail, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(wav.astype(np.float64).sum(1), case["d0_wav_sum_f64"], atol=1e-2, rtol=1e-4)
+    np.testing.assert_allclose((wav.astype(np.float64) ** 2).sum(1), case["d0_wav_sumsq_f64"], rtol=1e-5)
+
+
+def test_non_default_window_duration(fixtures, runtime_4s, monkeypatch):
+    case = load_case(fixtures, "dur4_10s04")
+    inject_recorded_noise(monkeypatch, case, "mixed")
+    decoder = SepTokenDecoder.load(runtime_4s, device="cpu")
+    wav = decode_one(decoder, DecodeRequest("d4", case["tokens"][0], "mixed", seed=0))["main"]
+    np.testing.assert_allclose(wav, case["d0_wav"], atol=1e-4, rtol=1e-4)
+
+
+def test_prompt_audio_conditions_first_window(fixtures, runtime, decoder, monkeypatch):
+    encoder_module = pytest.importorskip("levo_batch.prompts.septoken_encoder")
+    from levo_batch.decoder.vae import load_vae
+
+    case = load_case(fixtures, "prompt_mixed_3s")
+    inject_recorded_noise(monkeypatch, case, "mixed")
+    w2v2 = json.loads((fixtures / "decoder_tiny" / "w2v2_config_tiny.json").read_text())
+
+    def prompt_models():
+        vae = load_vae(runtime.vae_config, runtime.vae_weights, torch.device("cpu"), torch.float32,
+                       parts=("encoder",))
+        encoder = encoder_module.SepTokenEncoder.load(runtime.septoken, device="cpu", config=w2v2)
+        return vae, encoder
+
+    prompted = SepTokenDecoder(decoder.flow, decoder.vae, prompt_models=prompt_models)
+    prompt = PromptAudio(case["prompt_raw_vocal_wav"], case["prompt_raw_bgm_wav"])
+    wav = decode_one(prompted, DecodeRequest("p", case["tokens"][0], "mixed", seed=0, prompt_audio=prompt))["main"]
+    np.testing.assert_allclose(wav, case["d0_wav"], atol=1e-4, rtol=1e-4)
+
+
+def test_plain_bgm_ignores_prompt_like_upstream(fixtures, runtime_4s):
+    """generate.py never hands prompt audio to a plain --bgm / --vocal decode."""
+    decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=2)
+    tokens = load_case(fixtures, "bgm_3s")["tokens"][0]
+    silence = PromptAudio(np.zeros((2, 96000), np.float32), np.zeros((2, 96000), np.float32))
+    with_prompt = decode_one(decoder, DecodeRequest("a", tokens, "bgm", seed=3, prompt_audio=silence))
+    without = decode_one(decoder, DecodeRequest("a", tokens, "bgm", seed=3))
+    np.testing.assert_array_equal(with_prompt["main"], without["main"])
+
+
+def test_batched_equals_alone_and_seeded(fixtures, runtime_4s):
+    """Batching changes only float rounding (GEMM blocking), ~1e-6; re-decoding is bit-identical."""
+    tokens = load_case(fixtures, "dur4_10s04")["tokens"][0]
+    requests = [DecodeRequest("long", tokens, "mixed", seed=1), DecodeRequest("sep", tokens[:, :40], "separate", seed=2),
+                DecodeRequest("bgm", tokens[:, :180], "bgm", seed=3)]
+    batched = dict(SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4).decode(requests))
+    single = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=1)
+    assert set(batched) == {"long", "sep", "bgm"} and set(batched["sep"]) == {"main", "vocal", "bgm"}
+    assert batched["long"]["main"].shape == (2, 481919) and batched["sep"]["vocal"].shape == (2, 76800)
+    for request in requests:
+        alone = decode_one(single, request)
+        for stem, wav in alone.items():
+            np.testing.assert_allclose(batched[request.idx][stem], wav, atol=1e-5, rtol=0)
+    again = decode_one(single, requests[2])["main"]
+    np.testing.assert_array_equal(again, decode_one(single, requests[2])["main"])
+    reseeded = decode_one(single, DecodeRequest("bgm", tokens[:, :180], "bgm", seed=4))["main"]
+    assert np.abs(reseeded - again).max() > 1e-3
+    assert not np.allclose(batched["sep"]["main"], batched["sep"]["vocal"])
+
+
+def test_missing_tensor_names_file_and_key(tmp_path, fixtures):
+    runtime = make_runtime(tmp_path, fixtures)
+    tensors = load_file(runtime.septoken)
+    del tensors["cfm_wrapper.estimator.h.1.mlp.c_fc.weight"]
+    save_file(tensors, str(runtime.septoken))
+    with pytest.raises(KeyError, match=r"model_2.safetensors lacks 1 tensor.*h\.1\.mlp\.c_fc\.weight"):
+        SepTokenDecoder.load(runtime, device="cpu")
+
+
+def test_geometry_file_required_for_non_official_weights(tmp_path, fixtures):
+    runtime = make_runtime(tmp_path, fixtures)
+    (runtime.septoken.parent / "levo_decoder.json").unlink()
+    with pytest.raises(ValueError, match="levo_decoder.json"):
+        SepTokenDecoder.load(runtime, device="cpu")
+
+
+def test_missing_runtime_file_points_to_download(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"septoken decoder weights not found.*levo-batch download"):
+        SepTokenDecoder.load(RuntimePaths(tmp_path), device="cpu")
+
+
+def test_half_precision_checkpoint_loads(tmp_path, fixtures):
+    runtime = make_runtime(tmp_path, fixtures)
+    tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(runtime.septoken).items()}
+    save_file(tensors, str(runtime.septoken))
+    decoder = SepTokenDecoder.load(runtime, device="cpu")
+    assert decoder.flow.estimator.wpe.dtype == torch.float32
+    assert decoder.fingerprint()["dtype"] == "float32"
+
+
+@pytest.mark.parametrize("request_kwargs,message", [
+    ({"gen_type": "instrumental"}, "gen_type 'instrumental'"),
+    ({"tokens": np.full((3, 5), 16384)}, r"vocal/bgm tokens must lie in \[0, 16384\)"),
+    ({"tokens": np.zeros((2, 5), np.int64)}, r"tokens must be \[3, T\]"),
+    ({"prompt_audio": PromptAudio(np.zeros((1, 10)), np.zeros((1, 10)))}, "prompt vocal/bgm must both be"),
+])
+def test_bad_requests_rejected_before_work(decoder, request_kwargs, message):
+    request = DecodeRequest("bad", np.zeros((3, 5), np.int64), "mixed", seed=0)
+    for key, value in request_kwargs.items():
+        setattr(request, key, value)
+    with pytest.raises(ValueError, match=f"song bad: {message}"):
+        list(decoder.decode([request]))
+
+
+def test_fingerprint_is_json_and_names_weights(decoder):
+    fp = decoder.fingerprint()
+    json.dumps(fp)
+    assert fp["septoken"].startswith("model_2.safetensors:") and fp["config"]["n_layer"] == 2
+    assert fp["vae"].startswith("autoencoder_music_1320k.ckpt:") and "batch_size" not in fp
