@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from levo_batch.prompts.conformer import rotary_table
 from levo_batch.prompts.musicfm import CHECKPOINT_NAMES, MEL_MEAN, MEL_STD, MusicFM
 from levo_batch.prompts.septoken_encoder import (
     RESAMPLE_KEY, limit_peak, resample_48k_to_24k, sinc_resample_kernel, tile_segments,
@@ -84,20 +85,32 @@ def test_log_mel(runs, case, tag):
     np.testing.assert_allclose(ours, ref, atol=0.1, rtol=0)
 
 
+def layer_results(model, wav):
+    """Every `layer_results[k]`, k = 0..n_layers, in one pass (the forward recomputes from the audio per call)."""
+    h = model(wav, 0)
+    cos, sin = rotary_table(model.inv_freq, h.shape[1])
+    out = [h]
+    for block in model.conformer.layers:
+        out.append(block(out[-1], cos, sin))
+    return out
+
+
 @pytest.mark.parametrize("tag,layers", [("rvq1_call0", (0, 6)), ("sep_call0", (0, 3, 7))])
 def test_layer_results(runs, case, tag, layers):
     model, wav = runs[tag]
+    hidden = layer_results(model, wav)
+    assert torch.equal(hidden[-1], model(wav, len(hidden) - 1))
     for layer in layers:
-        hidden = model(wav, layer)
-        assert hidden.shape == (2, 1000, 32)
-        np.testing.assert_allclose(hidden.numpy(), case[f"{tag}_hidden{layer}"], **TOL, err_msg=f"layer {layer}")
+        assert hidden[layer].shape == (2, 1000, 32)
+        np.testing.assert_allclose(hidden[layer].numpy(), case[f"{tag}_hidden{layer}"], **TOL, err_msg=f"layer {layer}")
 
 
 def test_layer_results_bgm_stream(runs, case):
     """Same path, but the bgm stem's sub-float32 bands (see test_log_mel) move features by up to ~0.02."""
     model, wav = runs["sep_call1"]
+    hidden = layer_results(model, wav)
     for layer in (0, 3, 7):
-        np.testing.assert_allclose(model(wav, layer).numpy(), case[f"sep_call1_hidden{layer}"], atol=0.05, rtol=0)
+        np.testing.assert_allclose(hidden[layer].numpy(), case[f"sep_call1_hidden{layer}"], atol=0.05, rtol=0)
 
 
 def test_builds_only_needed_layers(rvq1_sd, w2v2, runs):

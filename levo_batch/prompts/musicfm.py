@@ -182,7 +182,7 @@ class MusicFM(nn.Module):
             else:
                 state[name] = state[name].to(device=device)
         model.load_state_dict(state, strict=True, assign=True)
-        return model.eval()
+        return model.eval().requires_grad_(False)
 
     def log_mel(self, wav: torch.Tensor) -> torch.Tensor:
         """Float32 log-mel computed in float64 (on the CPU for MPS, which has no float64).
