@@ -12,9 +12,7 @@ instead (and that needs no torch).
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import numpy as np
 import torch
 
 from levo_batch.prompts.errors import PromptError
+from levo_batch.store import atomic_write
 from levo_batch.text import lyric_language
 
 _KEY_SEP = "|"
@@ -135,12 +134,6 @@ def _write_npz(path: Path, entries: dict[str, dict[str, list[np.ndarray]]]) -> N
         for i, a in enumerate(prompts)
     }
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError:
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
+        pass

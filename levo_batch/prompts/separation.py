@@ -8,8 +8,9 @@ upstream's loader code (mirrored in `HTDEMUCS_HPARAMS`). What upstream does, and
   standardised with whole-track statistics and the stem is peak-rescaled over its whole length),
 - at 44.1 kHz stereo, standardised by the mean/std of the mono mix, `apply_model(shifts=1, split=True,
   overlap=0.25)` with the model's 7.8-s segment,
-- the vocal stem (4th source) rescaled to avoid clipping and stored as 16-bit FLAC, which is what the
-  tokenizers and the decoder later read back.
+- the vocal stem (4th source) rescaled to avoid clipping and quantised to 16 bits as `torchaudio.save`
+  writes its FLAC (FFmpeg's conversion, `levo_batch.outputs.to_pcm16`): the tokenizers and the decoder get
+  that quantised stem back, and it is also what the cache stores.
 
 Deviations, both deliberate: the random time shift of `shifts=1` is drawn from a generator seeded by the
 audio content (upstream's is unseeded, so its separation differs run to run), and results are cached by the
@@ -23,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import random
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -36,6 +35,8 @@ import torch
 import yaml
 
 from levo_batch.audio import to_stereo
+from levo_batch.outputs import to_pcm16
+from levo_batch.store import atomic_write_bytes
 
 SEPARATION_RATE = 44100
 VOCALS = 3
@@ -123,11 +124,15 @@ class Separator:
         key = self._key(mix, sr)
         path = self.cache_dir / f"{key}.flac" if self.cache_dir is not None else None
         if path is not None and path.is_file():
-            return _decode_flac(path.read_bytes())
-        data = _encode_flac(self._separate(mix, sr, seed=int(key[:15], 16)))
-        if path is not None:
-            _atomic_write(path, data)
-        return _decode_flac(data)
+            pcm, _ = sf.read(io.BytesIO(path.read_bytes()), dtype="int16", always_2d=True)
+        else:
+            # Upstream writes the stem as a 16-bit FLAC (torchaudio/FFmpeg conversion) and reads it back.
+            pcm = to_pcm16(self._separate(mix, sr, seed=int(key[:15], 16)).numpy())
+            if path is not None:
+                buf = io.BytesIO()
+                sf.write(buf, pcm, SEPARATION_RATE, format="FLAC", subtype="PCM_16")
+                atomic_write_bytes(path, buf.getvalue())
+        return np.ascontiguousarray(pcm.T).astype(np.float32) / 32768
 
     def _key(self, mix: np.ndarray, sr: int) -> str:
         h = hashlib.sha256(f"{_CACHE_VERSION}:{self.model_id}:{sr}:{mix.shape}".encode())
@@ -160,26 +165,3 @@ def _python_random(seed: int) -> Iterator[None]:
         yield
     finally:
         random.setstate(state)
-
-
-def _encode_flac(wav: torch.Tensor) -> bytes:
-    buf = io.BytesIO()
-    sf.write(buf, wav.numpy().T, SEPARATION_RATE, format="FLAC", subtype="PCM_16")
-    return buf.getvalue()
-
-
-def _decode_flac(data: bytes) -> np.ndarray:
-    x, _ = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return np.ascontiguousarray(x.T)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
