@@ -68,8 +68,8 @@ def test_cached_steps_at_different_positions_match_teacher_forcing(fixtures, tin
     model, cfg = tiny.model, tiny.config
     jobs = [_arrays(fixtures, "en_desc_noprompt"), _arrays(fixtures, "bgm_longdesc")]
     capacity = cfg.prefix_len + 8
-    caches1 = [KVCache(4, cfg.num_heads, capacity, cfg.head_dim, mx.float32) for _ in range(cfg.num_layers)]
-    caches2 = [KVCache(4, cfg.num_heads, capacity, cfg.head_dim, mx.float32) for _ in range(cfg.num_layers_sub)]
+    caches1 = [KVCache.zeros(4, cfg.num_heads, capacity, cfg.head_dim, mx.float32) for _ in range(cfg.num_layers)]
+    caches2 = [KVCache.zeros(4, cfg.num_heads, capacity, cfg.head_dim, mx.float32) for _ in range(cfg.num_layers_sub)]
     start = [0, 2]
     for b, arrays in enumerate(jobs):
         p1, p2 = fixture_prefix(arrays)

@@ -20,7 +20,7 @@ from functools import partial
 import mlx.core as mx
 import numpy as np
 
-from levo_batch.lm.cache import StepContext, make_caches
+from levo_batch.lm.cache import KVCache, StepContext, make_caches
 from levo_batch.lm.config import LMConfig
 from levo_batch.lm.model import LeVoLM
 from levo_batch.lm.pattern import num_columns
@@ -47,7 +47,7 @@ class StepOutput:
 
 
 def _advance(logits, seq, col, ended, counts, banned, seeds, active, *, cfg, params, timesteps):
-    """Logits of one step -> next state (pure function, compiled once per shape)."""
+    """Logits of one step -> next state."""
     depth = cfg.code_depth
     vocab = cfg.code_size + 1
     proc = process_logits(logits, counts[..., :vocab] > 0, banned, cfg.cfg_coef, params.penalty, cfg.code_size)
@@ -68,6 +68,21 @@ def _advance(logits, seq, col, ended, counts, banned, seeds, active, *, cfg, par
     last = timesteps + max(cfg.delays)
     done = mx.all(ended, axis=1) | (column >= last)
     return proc, seq, col + active.astype(col.dtype), ended, counts, done
+
+
+def _step(seq, col, ended, counts, banned, seeds, active, *kv, model, cfg, params, timesteps, length):
+    """One decoding step of every slot as a pure function of the state and the caches (`kv`: keys, values of
+    each layer, first stack then second), so it compiles once per attended `length`: tracing ~50 layers
+    in Python each step would cost as much as the step itself at batch 1."""
+    slots = col.shape[0]
+    caches = [KVCache(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
+    where = mx.broadcast_to(col[:, None, None], (slots, cfg.code_depth, 1))
+    fed = mx.take_along_axis(seq, where, axis=2)[:, :, 0]
+    ctx = StepContext.build(mx.repeat(col + cfg.prefix_len, 2), length)
+    logits = model.step(mx.repeat(fed, 2, axis=0), caches[: cfg.num_layers], caches[cfg.num_layers :], ctx)
+    state = _advance(logits, seq, col, ended, counts, banned, seeds, active, cfg=cfg, params=params,
+                     timesteps=timesteps)
+    return (*state, *[a for c in caches for a in (c.keys, c.values)])
 
 
 class SongSlots:
@@ -94,7 +109,7 @@ class SongSlots:
         self.owners: list[int | None] = [None] * slots
         self.host_col = [0] * slots
         self._next_owner = 0
-        self._advance = mx.compile(partial(_advance, cfg=cfg, params=params, timesteps=timesteps))
+        self._compiled: dict[int, object] = {}
 
     def _state(self) -> list[mx.array]:
         caches = self.caches1 + self.caches2
@@ -164,18 +179,20 @@ class SongSlots:
         cfg = self.cfg
         top = max(self.host_col[i] for i in range(self.slots) if self.owners[i] is not None)
         length = min(self.capacity, -(-(cfg.prefix_len + top + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET)
-        positions = mx.repeat(self.col + cfg.prefix_len, 2)
-        where = mx.broadcast_to(self.col[:, None, None], (self.slots, cfg.code_depth, 1))
-        fed = mx.take_along_axis(self.seq, where, axis=2)[:, :, 0]
-        logits = self.model.step(mx.repeat(fed, 2, axis=0), self.caches1, self.caches2,
-                                 StepContext.build(positions, length))
-        proc, self.seq, self.col, self.ended, self.counts, done = self._advance(
-            logits, self.seq, self.col, self.ended, self.counts, self.banned, self.seeds, self.active
+        if length not in self._compiled:
+            self._compiled[length] = mx.compile(partial(
+                _step, model=self.model, cfg=cfg, params=self.params, timesteps=self.timesteps, length=length))
+        caches = self.caches1 + self.caches2
+        proc, self.seq, self.col, self.ended, self.counts, done, *kv = self._compiled[length](
+            self.seq, self.col, self.ended, self.counts, self.banned, self.seeds, self.active,
+            *[a for c in caches for a in (c.keys, c.values)],
         )
+        for i, cache in enumerate(caches):
+            cache.keys, cache.values = kv[2 * i], kv[2 * i + 1]
         for i in range(self.slots):
             if self.owners[i] is not None:
                 self.host_col[i] += 1
-        out = StepOutput(tuple(self.owners), tuple(c for c in self.host_col), done, self.seq, self.ended,
+        out = StepOutput(tuple(self.owners), tuple(self.host_col), done, self.seq, self.ended,
                          proc if self.keep_logits else None)
-        mx.async_eval(done, self.seq, self.col, self.ended, self.counts)
+        mx.async_eval(done, self.seq, self.col, self.ended, self.counts, *kv)
         return out

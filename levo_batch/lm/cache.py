@@ -35,9 +35,13 @@ class StepContext:
 class KVCache:
     """Keys and values of one attention layer, `[rows, heads, capacity, head_dim]`."""
 
-    def __init__(self, rows: int, heads: int, capacity: int, head_dim: int, dtype: mx.Dtype):
-        self.keys = mx.zeros((rows, heads, capacity, head_dim), dtype=dtype)
-        self.values = mx.zeros((rows, heads, capacity, head_dim), dtype=dtype)
+    def __init__(self, keys: mx.array, values: mx.array):
+        self.keys, self.values = keys, values
+
+    @classmethod
+    def zeros(cls, rows: int, heads: int, capacity: int, head_dim: int, dtype: mx.Dtype) -> "KVCache":
+        shape = (rows, heads, capacity, head_dim)
+        return cls(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype))
 
     def write_step(self, k: mx.array, v: mx.array, ctx: StepContext) -> tuple[mx.array, mx.array]:
         """Store one token per row at its own position; return the attended part of the cache."""
@@ -54,4 +58,4 @@ class KVCache:
 
 
 def make_caches(num_layers: int, rows: int, heads: int, capacity: int, head_dim: int, dtype) -> list[KVCache]:
-    return [KVCache(rows, heads, capacity, head_dim, dtype) for _ in range(num_layers)]
+    return [KVCache.zeros(rows, heads, capacity, head_dim, dtype) for _ in range(num_layers)]
