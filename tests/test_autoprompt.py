@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from levo_batch.prompts.autoprompt import AutoPromptError, AutoPromptLibrary
+from levo_batch.prompts.errors import PromptError
 
 GENRES = ("Pop", "R&B/Soul", "Auto")
 EN_LYRIC = "[verse] hello there my old friend ; [chorus] sing it loud"
@@ -115,9 +116,9 @@ def test_errors(tmp_path, lib_path):
     with pytest.raises(AutoPromptError, match=r"genre 'Pop' maps to list, expected a dict of languages"):
         AutoPromptLibrary.load(bad)
     lib = AutoPromptLibrary.load(lib_path)
-    with pytest.raises(AutoPromptError, match=r"has no genre 'Jazz' \(it has: Auto, Pop, R&B/Soul\)"):
+    with pytest.raises(PromptError, match=r"has no genre 'Jazz' \(it has: Auto, Pop, R&B/Soul\)"):
         lib.choose("Jazz", EN_LYRIC, 0)
     sparse = tmp_path / "sparse.pt"
     torch.save({"Pop": {"en": [torch.zeros(1, 3, 4, dtype=torch.long)]}}, sparse)
-    with pytest.raises(AutoPromptError, match=r"has no 'zh' prompts for genre 'Pop'"):
+    with pytest.raises(PromptError, match=r"has no 'zh' prompts for genre 'Pop'"):
         AutoPromptLibrary.load(sparse).choose("Pop", ZH_LYRIC, 0)

@@ -27,8 +27,12 @@ _KEY_SEP = "|"
 """npz member names are `genre|lang|index`; genres contain `/` and `&` but never `|`."""
 
 
-class AutoPromptError(PromptError):
-    """The auto-prompt library file is missing, unsafe or not in upstream's layout, or lacks the entry asked for."""
+class AutoPromptError(ValueError):
+    """The auto-prompt library file is missing, unsafe or not in upstream's layout.
+
+    Not a PromptError on purpose: it concerns every auto-prompt job, so the run stops before the LM phase
+    with the fix, instead of failing those songs one by one. A missing genre/language entry is per job.
+    """
 
 
 @dataclass(frozen=True)
@@ -58,13 +62,13 @@ class AutoPromptLibrary:
         """A `[3, T]` prompt for `genre` in the lyrics' language, picked by `seed`, and the facts to record."""
         lang = lyric_language(gt_lyric)
         if genre not in self.entries:
-            raise AutoPromptError(
+            raise PromptError(
                 f"auto-prompt library {self.source} has no genre {genre!r} (it has: "
                 f"{', '.join(sorted(self.entries))}); re-download tools/new_auto_prompt.pt."
             )
         choices = self.entries[genre].get(lang, [])
         if not choices:
-            raise AutoPromptError(
+            raise PromptError(
                 f"auto-prompt library {self.source} has no {lang!r} prompts for genre {genre!r}; "
                 "re-download tools/new_auto_prompt.pt."
             )
