@@ -20,7 +20,6 @@ from torch import nn
 
 from levo_batch.prompts.conformer import ConformerLayer, rotary_table
 
-SAMPLE_RATE = 24000
 N_FFT = 2048
 HOP = 240
 SAMPLES_PER_FRAME = 960
@@ -70,6 +69,16 @@ class MusicFMConfig:
             layer_norm_eps=float(w2v2.get("layer_norm_eps", cls.layer_norm_eps)),
             rotary_base=float(w2v2.get("rotary_embedding_base", cls.rotary_base)),
         )
+
+
+def no_tf32():
+    """Context keeping cuDNN's float32 convolutions in true float32 (its default is TF32, a 10-bit mantissa).
+
+    Upstream runs without cuDNN, so its float32 convolutions are exact; TF32 would flip near-tie codes.
+    """
+    cudnn = torch.backends.cudnn
+    return cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic,
+                       allow_tf32=False)
 
 
 def log_mel(wav: torch.Tensor, window: torch.Tensor, mel_fb: torch.Tensor) -> torch.Tensor:
@@ -204,9 +213,7 @@ class MusicFM(nn.Module):
             raise ValueError(f"layer {layer} not built: this MusicFM gives layer results 0..{self.cfg.n_layers}")
         wav = wav[..., : wav.shape[-1] // SAMPLES_PER_FRAME * SAMPLES_PER_FRAME]
         dtype = self.conv.linear.weight.dtype
-        # cuDNN would run float32 convolutions as TF32 (10-bit mantissa); upstream disables cuDNN altogether.
-        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=torch.backends.cudnn.benchmark,
-                                        deterministic=torch.backends.cudnn.deterministic, allow_tf32=False):
+        with no_tf32():
             h = self.conv(self.log_mel(wav).to(dtype))
             cos, sin = (t.to(dtype) for t in rotary_table(self.inv_freq, h.shape[1]))
             for block in self.conformer.layers[:layer]:

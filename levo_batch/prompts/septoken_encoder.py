@@ -9,8 +9,8 @@ Two deliberate differences from upstream, neither of which changes a token:
   independently, so we encode only those that reach the returned `int(N / 1920) + 1` codes (a 10-s prompt
   costs one MusicFM pass instead of two);
 - upstream divides each segment's channels again by their peak over 0.9; after the 0.8 limit that is a no-op.
-The encoders run in float32 by default: the cost is small next to the decoder, and half precision would flip
-near-tie codes.
+The encoders run in float32 by default (never TF32): the cost is small next to the decoder, and lower precision
+flips near-tie codes (bf16 changes ~10 % of them on the tiny random models; see bench/bench_prompt_encoders.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from levo_batch.decoder.vq import VQ_KEYS, SingleVQ
 from levo_batch.decoder.weights import SafetensorsDict
-from levo_batch.prompts.musicfm import MusicFM
+from levo_batch.prompts.musicfm import MusicFM, no_tf32
 from levo_batch.stages import FRAME_RATE, SAMPLE_RATE
 from levo_batch.torch_utils import torch_device
 
@@ -120,7 +120,7 @@ class _TokenEncoder:
         """Build from upstream tensor names (`bestrq.model.*`, `<vq>.quantizers.0.*`, `rsq48tobestrq.kernel`).
 
         `config`: wav2vec2 config dict for the attention head count (default: upstream's, 16 heads).
-        `dtype`: MusicFM compute precision (default float32; mel front-end and codebook search are always fp32).
+        `dtype`: MusicFM compute precision (default float32; the mel front-end runs in float64 and the codebook search in float32 regardless).
         """
         missing = [k for k in cls.checkpoint_keys() if k not in sd]
         if missing:
@@ -151,7 +151,9 @@ class _TokenEncoder:
         codes = []
         for batch in segments.split(self.batch_size):
             mono = (batch[:, 0] + batch[:, 1]) / 2.0
-            hidden = self.musicfm(resample_48k_to_24k(mono, self.kernel), layer)
+            with no_tf32():
+                wav24k = resample_48k_to_24k(mono, self.kernel)
+            hidden = self.musicfm(wav24k, layer)
             codes.append(vq.to_codes(hidden.transpose(1, 2).float()))
         return torch.cat(codes).reshape(-1).cpu()
 
