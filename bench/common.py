@@ -6,6 +6,7 @@ loaders and kernels on random weights of the real geometry. Everything is writte
 
 - `write_lm_checkpoint`: an MLX conversion as `levo-batch convert` writes it (`config.json` + bf16 safetensors,
   sharded at 5 GB, optionally 4/8-bit quantised), for `lm_config("tiny"|"medium"|"large")`.
+- `write_songs`: a test100-like jsonl of English and Chinese songs with upstream's section structure.
 - `write_runtime`: the upstream runtime folder (`RuntimePaths` layout): Qwen2 tokenizer stand-in, septoken
   decoder safetensors, VAE json + `.ckpt`, at real size or at the tiny fixture size.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import struct
 import zlib
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 import numpy as np
+import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES_ENV = "LEVO_FIXTURES"
@@ -283,3 +286,51 @@ def write_runtime(root: Path, fixtures: Path, *, tiny: bool, seed: int = 0, deco
     torch.save({"state_dict": state}, paths.vae_weights)
     marker.write_text(json.dumps(recipe) + "\n")
     return paths, False
+
+
+# -------------------------------------------------------------------------------------------- album
+
+
+EN_WORDS = ("light", "river", "night", "heart", "road", "city", "rain", "fire", "dream", "summer", "shadow",
+            "morning", "ocean", "window", "letter", "song", "sky", "home", "story", "promise")
+EN_LINES = ("I remember the {0} on the {1}", "we were running through the {0}", "hold on to the {0} tonight",
+            "every {0} is a {1} to me", "you and I under the {0}", "the {0} keeps calling my name",
+            "we will find the {0} again", "nothing stops the {0} and the {1}")
+ZH_CHARS = "风雨花月光夜心梦城海天星路歌爱你我他们在的是一个不了人有这中大来上为和国地到以说时要就出会可也"
+GENRES = ("pop", "rock", "folk", "electronic", "r&b", "jazz", "hip-hop", "country", "ballad", "dance")
+MOODS = ("happy", "sad", "romantic", "energetic", "calm", "nostalgic", "uplifting", "dark")
+INSTRUMENTS = ("piano", "acoustic guitar", "electric guitar", "drums", "bass", "synthesizer", "strings", "violin")
+
+
+def _phrase(rng: random.Random, zh: bool) -> str:
+    if zh:
+        return "".join(rng.choice(ZH_CHARS) for _ in range(rng.randint(6, 9)))
+    return rng.choice(EN_LINES).format(rng.choice(EN_WORDS), rng.choice(EN_WORDS)).capitalize()
+
+
+def song_lyrics(rng: random.Random, zh: bool) -> str:
+    """intro, verse, chorus, instrumental, verse, chorus, bridge, chorus, outro: a typical 2-3 minute song."""
+    chorus = ".".join(_phrase(rng, zh) for _ in range(4))
+    sections = [f"[intro-{rng.choice(('short', 'medium'))}]"]
+    for verse in range(2):
+        sections += ["[verse] " + ".".join(_phrase(rng, zh) for _ in range(4)), f"[chorus] {chorus}"]
+        if verse == 0:
+            sections.append(f"[inst-{rng.choice(('short', 'medium'))}]")
+    sections += ["[bridge] " + ".".join(_phrase(rng, zh) for _ in range(2)), f"[chorus] {chorus}",
+                 f"[outro-{rng.choice(('short', 'medium'))}]"]
+    return " ; ".join(sections)
+
+
+def write_songs(path: Path, n: int, seed: int = 0) -> Path:
+    """`n` jobs: 60% English, 40% Chinese; most with a description (gender, genre, mood, instruments, bpm)."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(n):
+        zh = rng.random() < 0.4
+        item = {"idx": f"{'zh' if zh else 'en'}_{i:03d}", "gt_lyric": song_lyrics(rng, zh)}
+        if rng.random() < 0.9:
+            item["descriptions"] = (f"{rng.choice(('female', 'male'))}, {rng.choice(GENRES)}, {rng.choice(MOODS)}, "
+                                    f"{' and '.join(rng.sample(INSTRUMENTS, 2))}, the bpm is {rng.randint(70, 150)}.")
+        lines.append(orjson.dumps(item))
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path

@@ -53,7 +53,7 @@ def test_tiny_album_renders_every_song_to_full_length(album):
             assert record["tokens"].shape == (3, frames)  # no EOS: the bench's worst case
     assert (work / "lm-tiny-bf16" / "config.json").is_file()
     assert "wrote LM checkpoint" in done.stdout and "wrote runtime assets" in done.stdout
-    for row in ("LM generate", "LM steps/s", "decoder s per 150-s song", "extrapolated 100 songs",
+    for row in ("LM phase", "LM steps/s", "decoder phase", "decoder s per 150-s song", "extrapolated 100 songs",
                 "songs/hour (steady, no loads)", "MLX peak memory"):
         assert row in done.stdout
     steps = int(done.stdout.split(" batched steps")[0].rsplit("(", 1)[1])
@@ -65,15 +65,15 @@ def test_decoder_only_reuses_runtime_and_tokens(album, fixtures):
     done = run_e2e(work, fixtures, "--decoder-only")
     assert "reusing runtime assets" in done.stdout
     assert "seeded random tokens for 0 songs" in done.stdout
-    assert "LM load" not in done.stdout and "decoder compute" in done.stdout
+    assert "LM phase" not in done.stdout and "decoder phase" in done.stdout
     assert len(list((work / "out" / "audios").glob("*.flac"))) == SONGS
 
 
 def test_album_is_valid_mixed_language_input(bench, tmp_path):
     from levo_batch.jobs import load_jobs
 
-    _, e2e = bench
-    jobs, warnings = load_jobs(e2e.write_songs(tmp_path / "album.jsonl", 40))
+    common, _ = bench
+    jobs, warnings = load_jobs(common.write_songs(tmp_path / "album.jsonl", 40))
     assert warnings == [] and len(jobs) == 40
     assert {j.idx[:2] for j in jobs} == {"en", "zh"}
     assert any(j.descriptions is None for j in jobs) and any(j.descriptions for j in jobs)
