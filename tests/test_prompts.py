@@ -116,6 +116,16 @@ def test_prompt_audio_tokens_and_stems(preparer, tmp_path, monkeypatch):
     assert preparer.encoders[0] is rvq1 and preparer.encoders[1] is sep  # built once, reused
 
 
+def test_release_drops_models_and_reloads_on_demand(runtime, fixtures, tmp_path):
+    config = json.loads((fixtures / "encoder_tiny" / "w2v2_config_tiny.json").read_text())
+    fresh = PromptPreparer(runtime, device="cpu", cache_dir=tmp_path, encoder_config=config,
+                           demucs_hparams=TINY_DEMUCS)
+    separator, encoders = fresh.separator, fresh.encoders
+    fresh.release()
+    assert fresh._separator is None and fresh._encoders is None
+    assert fresh.separator is not separator and fresh.encoders is not encoders
+
+
 def test_same_audio_under_another_name_hits_the_cache(preparer, tmp_path, monkeypatch):
     path = _clip(tmp_path / "a.wav", 2.0, seed=5)
     _, vocal, _, _ = preparer.stems(path)

@@ -44,9 +44,10 @@ def default_cache_dir() -> Path:
 class PromptPreparer:
     """Prepares every job's `Prompt`, holding the separator, the two token encoders and the auto-prompt library.
 
-    `encoder_config` is passed to the encoders' `from_state_dict` (attention heads cannot be read from the
-    weights; None means the real geometry) and `demucs_hparams` replaces the htdemucs geometry: both exist for
-    non-standard checkpoints such as the tiny random ones of the tests.
+    `encoder_config` is passed to the encoders' loaders (attention heads cannot be read from the weights;
+    None means the real geometry) and `demucs_hparams` replaces the htdemucs geometry: both exist for
+    non-standard checkpoints such as the tiny random ones of the tests. `release()` frees the models once
+    every prompt is prepared (upstream drops them before building the LM too).
     """
 
     def __init__(
@@ -70,6 +71,15 @@ class PromptPreparer:
             tokens, info = self.library.choose(job.auto_prompt_audio_type, job.gt_lyric, seed)
             return Prompt(tokens=tokens, audio=None, info=info)
         return Prompt(tokens=None)
+
+    def release(self) -> None:
+        """Drop the separator and encoders (about 2 GB in float32) and return their device memory."""
+        self._separator = None
+        self._encoders = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps":
+            torch.mps.empty_cache()
 
     @property
     def library(self) -> AutoPromptLibrary:
@@ -129,8 +139,10 @@ class PromptPreparer:
     def _from_audio(self, path: Path) -> Prompt:
         full, vocal, bgm, info = self.stems(path)
         rvq1, sep = self.encoders
-        to_dev = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(self.device)  # noqa: E731
-        mixed = rvq1.encode(to_dev(full)).cpu()
-        vocal_codes, bgm_codes = (c.cpu() for c in sep.encode(to_dev(vocal), to_dev(bgm)))
+        mixed = rvq1.encode(self._tensor(full)).cpu()
+        vocal_codes, bgm_codes = (c.cpu() for c in sep.encode(self._tensor(vocal), self._tensor(bgm)))
         tokens = torch.stack([mixed, vocal_codes, bgm_codes]).numpy().astype(np.int64)
         return Prompt(tokens=tokens, audio=PromptAudio(vocal=vocal, bgm=bgm), info=info)
+
+    def _tensor(self, audio: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(audio)).to(self.device)
