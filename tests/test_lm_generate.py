@@ -17,7 +17,7 @@ from levo_batch.lm.sampling import SamplingParams, choose, gumbel_noise, process
 from levo_batch.lm.tokenizer import TextTokenizers
 from levo_batch.stages import SongRequest
 
-GREEDY = SamplingParams(use_sampling=False)
+GREEDY = SamplingParams(greedy=True)
 SAMPLED = SamplingParams()
 FIXTURE_SECONDS = 2.4
 """The recorded runs' duration: 60 frames, 310 pattern steps."""
@@ -134,6 +134,7 @@ def greedy_run(fixtures, tiny, tok, cases):
 def test_generator_tokens_match_upstream(fixtures, cases, greedy_run):
     gen, sink = greedy_run
     assert gen.max_steps() == 310
+    assert gen.fingerprint()["sampling"]["cfg_coef"] == 1.5 and gen.fingerprint()["model"] == "lm_tiny"
     for job in cases["jobs"]:
         name = job["name"]
         assert sink.tokens[name].dtype == np.int64
@@ -172,7 +173,7 @@ def test_sampled_run_replays_inside_upstream_choices(fixtures, tiny, cases):
         for q in range(3):
             presence[s - 1, q, np.unique(seq[q, max(1, s - 50) : s])] = True
     logits = process_logits(raw.transpose(2, 0, 1, 3).reshape(2 * steps, 3, -1), mx.array(presence[..., :-1]),
-                            mx.zeros((steps, cfg.code_size + 1), dtype=mx.bool_), cfg.cfg_coef, 1.1, cfg.code_size)
+                            mx.zeros((steps, cfg.code_size + 1), dtype=mx.bool_), 1.5, 1.1, cfg.code_size)
     logits = np.array(logits)
     kth = -np.partition(-logits[:, 0], 4999, axis=-1)[:, 4999]
     eos0 = int(np.nonzero(seq[0] == cfg.eos_id)[0][0])

@@ -50,7 +50,7 @@ def _advance(logits, seq, col, ended, counts, banned, seeds, active, *, cfg, par
     """Logits of one step -> next state."""
     depth = cfg.code_depth
     vocab = cfg.code_size + 1
-    proc = process_logits(logits, counts[..., :vocab] > 0, banned, cfg.cfg_coef, params.penalty, cfg.code_size)
+    proc = process_logits(logits, counts[..., :vocab] > 0, banned, params.cfg_coef, params.penalty, cfg.code_size)
     column = col + 1
     tok = choose(proc, seeds, column, params)
     t = column[:, None] - 1 - mx.array(cfg.delays, dtype=mx.int32)[None, :]
@@ -90,7 +90,7 @@ class SongSlots:
 
     def __init__(self, model: LeVoLM, cfg: LMConfig, params: SamplingParams, slots: int, timesteps: int,
                  keep_logits: bool = False):
-        self.model, self.cfg, self.params = model, cfg, params
+        self.model, self.cfg, self.params = model, cfg, params.with_cfg_coef(cfg.cfg_coef)
         self.slots, self.timesteps, self.keep_logits = slots, timesteps, keep_logits
         self.width = num_columns(timesteps, cfg.delays) + SLACK_COLUMNS
         self.capacity = cfg.prefix_len + self.width

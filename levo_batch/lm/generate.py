@@ -42,7 +42,7 @@ class MLXTokenGenerator:
         if self.timesteps < 1:
             raise ValueError(f"max_duration {duration} s gives no audio frame at {cfg.frame_rate} Hz")
         self.model, self.cfg, self.tokenizers = model, cfg, tokenizers
-        self.model_id, self.sampling = model_id, sampling
+        self.model_id, self.sampling = model_id, sampling.with_cfg_coef(cfg.cfg_coef)
         self.batch_size, self.checkpoint_every = batch_size, checkpoint_every
 
     def fingerprint(self) -> dict:
@@ -50,7 +50,6 @@ class MLXTokenGenerator:
             "lm": "levo-batch-mlx-v1",
             "model": self.model_id,
             "timesteps": self.timesteps,
-            "cfg_coef": self.cfg.cfg_coef,
             "sampling": self.sampling.fingerprint(),
         }
 
@@ -58,8 +57,10 @@ class MLXTokenGenerator:
         return num_columns(self.timesteps, self.cfg.delays) - 1
 
     def generate(self, songs: Sequence[SongRequest], sink: TokenSink) -> None:
+        if not songs:
+            return
         queue = deque(songs)
-        slots = SongSlots(self.model, self.cfg, self.sampling, min(self.batch_size, max(len(songs), 1)),
+        slots = SongSlots(self.model, self.cfg, self.sampling, min(self.batch_size, len(songs)),
                           self.timesteps)
         running: dict[int, SongRequest] = {}
         self._fill(slots, queue, running, sink)

@@ -18,7 +18,7 @@ columns and the step are enough.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import mlx.core as mx
 
@@ -31,12 +31,15 @@ _GOLDEN = 0x9E3779B9
 class SamplingParams:
     """Upstream `generate.py` defaults: sampling at temperature 0.8 with top-k 5000, penalty 1.1 over 50 columns.
 
-    (`--low_mem` upstream uses temperature 0.9, top-k 50.) Top-p is not supported: upstream never uses it.
+    (`--low_mem` upstream uses temperature 0.9, top-k 50.) `cfg_coef` None takes the checkpoint's (1.5).
+    `penalty_window` 0 penalises every column written so far, like upstream's `pool[-0:]` slice. Top-p is not
+    supported: upstream never uses it.
     """
 
-    use_sampling: bool = True
     temperature: float = 0.8
     top_k: int = 5000
+    greedy: bool = False
+    cfg_coef: float | None = None
     penalty: float = 1.1
     penalty_window: int = 50
 
@@ -45,9 +48,12 @@ class SamplingParams:
             raise ValueError(f"invalid sampling parameters {self}: top_k and penalty_window must be >= 0, penalty > 0")
 
     @property
-    def greedy(self) -> bool:
-        """Upstream falls back to argmax when sampling is off or the temperature is not positive."""
-        return not self.use_sampling or self.temperature <= 0
+    def argmax(self) -> bool:
+        """Upstream takes the argmax when sampling is off or the temperature is not positive."""
+        return self.greedy or self.temperature <= 0
+
+    def with_cfg_coef(self, default: float) -> "SamplingParams":
+        return self if self.cfg_coef is not None else replace(self, cfg_coef=default)
 
     def fingerprint(self) -> dict:
         return {"noise": "gumbel-lowbias32-v1", **asdict(self)}
@@ -98,7 +104,7 @@ def process_logits(
 def choose(logits: mx.array, seeds: mx.array, steps: mx.array, params: SamplingParams) -> mx.array:
     """Processed logits `[B, Q, V]` -> token ids `[B, Q]` (int32)."""
     best = mx.argmax(logits, axis=-1).astype(mx.int32)
-    if params.greedy:
+    if params.argmax:
         return best
     first = logits[:, 0]
     vocab = first.shape[-1]
