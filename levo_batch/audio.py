@@ -45,6 +45,8 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
         ) from e
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(f"audio file {path} contains no samples")
+    if not np.isfinite(data).all():
+        raise AudioError(f"audio file {path} contains NaN or infinite samples (a broken float file); re-export it")
     return np.ascontiguousarray(data.T), int(sr)
 
 

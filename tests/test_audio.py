@@ -121,6 +121,9 @@ def test_read_audio_errors(tmp_path):
     empty = _write(tmp_path / "empty.wav", np.zeros((2, 0), np.float32), 48000)
     with pytest.raises(AudioError, match=r"audio file .*empty\.wav contains no samples"):
         read_audio(empty)
+    broken = _write(tmp_path / "nan.wav", np.array([[0.1, np.nan, 0.2]], np.float32), 48000, subtype="FLOAT")
+    with pytest.raises(AudioError, match=r"audio file .*nan\.wav contains NaN or infinite samples"):
+        read_audio(broken)
 
 
 def test_load_prompt_audio_mono_44k_short(tmp_path):
