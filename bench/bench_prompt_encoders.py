@@ -35,6 +35,7 @@ ENCODER_PREFIXES = ("bestrq.", "rvq_bestrq", "rsq48tobestrq.")
 def real_files(fixtures: Path, workdir: Path) -> dict[str, Path]:
     """Random real-size encoder checkpoints in `workdir` (kept and reused between runs)."""
     shapes = json.loads((fixtures / "decoder_tiny" / "real_size_state_dicts.json").read_text())
+    workdir.mkdir(parents=True, exist_ok=True)
     out = {}
     for name, entry in REAL.items():
         path = workdir / f"{name}_encoder_real.safetensors"
@@ -91,7 +92,6 @@ def main() -> None:
                  "septoken": fixtures / "decoder_tiny" / "septoken_model.safetensors"}
         config = json.loads((fixtures / "encoder_tiny" / "w2v2_config_tiny.json").read_text())
     else:
-        args.workdir.mkdir(parents=True, exist_ok=True)
         files, config = real_files(fixtures, args.workdir), None
     print(f"device {device}, dtype {args.dtype}, size {args.size}, batch {args.batch_size}")
 

@@ -120,7 +120,8 @@ class _TokenEncoder:
         """Build from upstream tensor names (`bestrq.model.*`, `<vq>.quantizers.0.*`, `rsq48tobestrq.kernel`).
 
         `config`: wav2vec2 config dict for the attention head count (default: upstream's, 16 heads).
-        `dtype`: MusicFM compute precision (default float32; the mel front-end runs in float64 and the codebook search in float32 regardless).
+        `dtype`: MusicFM compute precision (default float32); the mel front-end runs in float64 and the codebook
+        search in float32 regardless.
         """
         missing = [k for k in cls.checkpoint_keys() if k not in sd]
         if missing:
@@ -181,7 +182,11 @@ class SepTokenEncoder(_TokenEncoder):
 
 
 class RVQ1Encoder(_TokenEncoder):
-    """LM prompt row 0 (the mixture, MusicFM layer 6) from `ckpt/model_1rvq`."""
+    """LM prompt row 0 (the mixture, MusicFM layer 6) from `ckpt/model_1rvq`.
+
+    Upstream passes 3 segments per MusicFM call here (8 for septoken); segments are independent, so we use one
+    `batch_size` for both.
+    """
 
     VQ_PREFIXES = ("rvq_bestrq_emb.",)
     LAYERS = (6,)
