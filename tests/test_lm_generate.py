@@ -254,3 +254,15 @@ def test_resume_state_from_another_duration_is_refused(fixtures, tiny, tok, case
     song = _song(fixtures, job, resume=sink.checkpoints["en_desc_noprompt"][0])
     with pytest.raises(ValueError, match="resume state is for 60 frames.*same max_duration"):
         _generator(tiny, tok, GREEDY, max_duration=3.0).generate([song], RecordingSink())
+
+
+def test_resumed_song_that_had_ended_finishes_without_decoding(tiny, tok):
+    columns = np.full((3, 12), 16385, dtype=np.int32)
+    columns[0, 1:4] = [5, 6, 16384]
+    columns[1:, 5:7] = [[7, 16384], [8, 16384]]
+    state = {"columns": columns, "step": np.array(11), "ended": np.ones(3, dtype=bool), "timesteps": np.array(20)}
+    sink = RecordingSink()
+    gen = _generator(tiny, tok, GREEDY, cfg=replace(tiny.config, delays=SHORT_DELAYS), max_duration=0.8)
+    gen.generate([SongRequest("done", ".", ".", None, 0, state)], sink)
+    assert sink.tokens["done"].tolist() == [[5], [7], [8]]  # codebooks 1, 2 hit EOS at frame 1
+    assert sink.steps == {}
