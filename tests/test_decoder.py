@@ -148,7 +148,8 @@ def test_plain_bgm_ignores_prompt_like_upstream(fixtures, runtime_4s):
 def test_batched_equals_alone_and_seeded(fixtures, runtime_4s):
     """Batching changes only float rounding (GEMM blocking), ~1e-6; re-decoding is bit-identical."""
     tokens = load_case(fixtures, "dur4_10s04")["tokens"][0]
-    requests = [DecodeRequest("long", tokens, "mixed", seed=1), DecodeRequest("sep", tokens[:, :40], "separate", seed=2),
+    requests = [DecodeRequest("long", tokens, "mixed", seed=1),
+                DecodeRequest("sep", tokens[:, :40], "separate", seed=2),
                 DecodeRequest("bgm", tokens[:, :180], "bgm", seed=3)]
     batched = dict(SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4).decode(requests))
     single = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=1)

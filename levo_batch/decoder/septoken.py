@@ -158,8 +158,8 @@ class SepTokenDecoder:
         windows = (w for song in songs for w in self._song_windows(song))
         for song_windows in advance(windows, self._sample, self.batch_size):
             idx, stem = song_windows.key
-            done.setdefault(idx, {})[stem] = render(song_windows, self._vae_decode, self.cfg.vae_chunk_size, VAE_OVERLAP,
-                                                 self.batch_size)
+            audio = render(song_windows, self._vae_decode, self.cfg.vae_chunk_size, VAE_OVERLAP)
+            done.setdefault(idx, {})[stem] = audio
             if len(done[idx]) == expected[idx]:
                 yield idx, done.pop(idx)
 

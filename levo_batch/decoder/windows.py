@@ -182,13 +182,13 @@ def vae_prefix(frames: int, needed: int, chunk: int, overlap: int) -> int:
     return frames
 
 
-def render(song: SongWindows, vae_decode: Callable[[torch.Tensor], torch.Tensor], chunk: int, overlap: int,
-           max_batch: int = 1) -> np.ndarray:
+def render(song: SongWindows, vae_decode: Callable[[torch.Tensor], torch.Tensor], chunk: int,
+           overlap: int) -> np.ndarray:
     """VAE-decode a completed song's windows, cross-fade them, cut to the target length -> `[2, N]` float32.
 
-    `vae_decode` is a chunked decode (`chunk`/`overlap` frames) of `[B, 64, T]` latents to `[B, 2, T * 1920]`.
-    Each window decodes only the prefix that reaches the song's end (`vae_prefix`; audio past it stays zero and
-    is cut), and windows with equal prefixes are decoded up to `max_batch` at a time.
+    `vae_decode` is a chunked decode (`chunk`/`overlap` frames) of `[B, 64, T]` latents to `[B, 2, T * 1920]`
+    that bounds its own memory; windows with equal latent prefixes go to it in one call. Each window decodes
+    only the prefix that reaches the song's end (`vae_prefix`); audio past it stays zero and is cut.
     """
     lats = song.window_latents()
     overlap_samples = song.plan.overlap * SAMPLES_PER_FRAME
@@ -201,7 +201,7 @@ def render(song: SongWindows, vae_decode: Callable[[torch.Tensor], torch.Tensor]
     i = 0
     while i < len(lats):
         j = i + 1
-        while j < len(lats) and j - i < max_batch and (lats[j].shape, prefixes[j]) == (lats[i].shape, prefixes[i]):
+        while j < len(lats) and (lats[j].shape, prefixes[j]) == (lats[i].shape, prefixes[i]):
             j += 1
         wav = vae_decode(torch.stack([lat[:, : prefixes[i]] for lat in lats[i:j]])).float().cpu().numpy()
         full = np.zeros((j - i, wav.shape[1], lats[i].shape[-1] * SAMPLES_PER_FRAME), dtype=np.float32)
