@@ -35,6 +35,9 @@ from .text import lm_texts
 class PromptSource(Protocol):
     def prepare(self, job: Job, seed: int) -> Prompt: ...
 
+    def release(self) -> None:
+        """Free the separator and encoders: the LM and decoder need the memory next."""
+
 
 class Stages(Protocol):
     """Factories for the models; each is called at most once per run, only when its phase has work."""
@@ -162,6 +165,8 @@ def prepare_prompts(jobs: Sequence[Job], opts: RunOptions, stages: Stages, summa
         except PromptError as exc:
             summary.failed[job.idx] = str(exc)
             log(f"error: {job.idx}: {exc}")
+    if source is not None:
+        source.release()
     return prompts
 
 

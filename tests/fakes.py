@@ -87,6 +87,10 @@ class FakePrompts:
 
     def __init__(self, fail: set[str] | None = None):
         self.fail = fail or set()
+        self.released = False
+
+    def release(self) -> None:
+        self.released = True
 
     def prepare(self, job, seed: int) -> Prompt:
         from levo_batch.prompts.errors import PromptError

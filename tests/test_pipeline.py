@@ -65,6 +65,7 @@ def test_full_run_writes_upstream_layout(jobs_file, tmp_path):
                         "wav_path": "out/audios/a.flac"}
     assert items[1]["auto_prompt"]["genre"] == "Jazz"
     assert stages.built.count("generator") == 1 and stages.built.count("decoder") == 1
+    assert stages.prompts_obj.released
     assert len(stages.decoder_obj.calls) == 1 and len(stages.decoder_obj.calls[0]) == 3
     assert summary.audio_seconds == pytest.approx(sum(t.shape[1] for t in tokens_of(out).values()) / 25)
     assert not (out / ".levo_batch.lock").exists()
