@@ -29,11 +29,11 @@ import torch
 
 from levo_batch.decoder.estimator import TIME_FREQ_DIM, DecoderConfig
 from levo_batch.decoder.flow import FlowDecoder
-from levo_batch.decoder.septoken import SepTokenDecoder
+from levo_batch.decoder.septoken import SepTokenDecoder, default_flow_dtype
 from levo_batch.decoder.vae import OobleckVAE, VAEConfig
 from levo_batch.runtime import RuntimePaths
 from levo_batch.stages import DecodeRequest
-from levo_batch.torch_utils import compute_dtype, torch_device
+from levo_batch.torch_utils import torch_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CODEBOOK, CODE_DIM, TOKEN_DIM, MASK_DIM = 16384, 32, 1024, 24
@@ -160,7 +160,7 @@ def compare_precision(decoder: SepTokenDecoder, args: argparse.Namespace, device
     ours = decoder.flow.sample(codes[0], codes[1], context, incontext, noise)
     ref = reference.sample(codes[0], codes[1], context, incontext, noise)
     rel = ((ours - ref).norm() / ref.norm()).item()
-    print(f"precision: latents {str(decoder.flow.estimator.wpe.dtype)[6:]} vs float32 on one window: max abs "
+    print(f"precision: latents {str(decoder.flow.estimator.proj_out.weight.dtype)[6:]} vs float32 on one window: max abs "
           f"{(ours - ref).abs().max().item():.3e}, relative L2 {rel:.3e} ({-20 * math.log10(max(rel, 1e-12)):.1f} dB)")
 
 
@@ -179,7 +179,8 @@ def requests(n_songs: int, frames: int, gen_type: str) -> list[DecodeRequest]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None, help="cuda / mps / cpu (default: best available)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="flow precision (default: bf16/fp16 on GPU)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help="flow precision (default: the decoder's, float16 on GPU, float32 on CPU)")
     parser.add_argument("--vae-dtype", choices=DTYPES, default="float32")
     parser.add_argument("--seconds", type=float, default=150.0, help="song length (default 150)")
     parser.add_argument("--windows", type=int, default=None, help="cut songs to this many 40-s windows")
@@ -196,7 +197,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch_device(args.device)
-    dtype = DTYPES[args.dtype] if args.dtype else compute_dtype(device)
+    dtype = DTYPES[args.dtype] if args.dtype else default_flow_dtype(device)
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     start = time.perf_counter()

@@ -93,8 +93,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 def layer_norm(x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
-    """LayerNorm in float32 whatever the parameter dtype (upstream autocast keeps norms in fp32)."""
-    return F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
+    """LayerNorm of the float32 residual stream (upstream autocast keeps norms in fp32)."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 class Block(nn.Module):
@@ -126,7 +126,7 @@ class Block(nn.Module):
 
     def forward(self, h: torch.Tensor, mod: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         dtype = self.qkv.weight.dtype
-        sh1, sc1, g1, sh2, sc2, g2 = (self.scale_shift_table.float()[None] + mod).chunk(6, dim=1)
+        sh1, sc1, g1, sh2, sc2, g2 = (self.scale_shift_table[None] + mod).chunk(6, dim=1)
         z = layer_norm(h, self.ln_1) * (1 + sc1) + sh1
         h = h + g1 * self.attention(z.to(dtype), cos, sin).float()
         z = layer_norm(h, self.ln_2) * (1 + sc2) + sh2
@@ -156,7 +156,10 @@ class Estimator(nn.Module):
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], cfg: DecoderConfig, *, prefix: str = ESTIMATOR_PREFIX,
                         device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> "Estimator":
-        """Map upstream's GPT2 names onto this module (Conv1D weights transposed), checking every shape."""
+        """Map upstream's GPT2 names onto this module (Conv1D weights transposed), checking every shape.
+
+        Only the linear layers take `dtype`; norms, modulation tables and positions stay float32, as upstream's
+        fp32 weights do under autocast."""
         n_layer = sum(1 for i in range(cfg.n_layer + 1) if f"{prefix}h.{i}.ln_1.weight" in sd)
         if n_layer != cfg.n_layer and f"{prefix}h.0.ln_1.weight" in sd:
             raise ValueError(f"{source_name(sd)} has {n_layer}{'+' * (n_layer > cfg.n_layer)} estimator blocks, "
@@ -170,21 +173,23 @@ class Estimator(nn.Module):
         if bad:
             raise ValueError(f"estimator weights in {source_name(sd)} do not fit the config "
                              f"({'; '.join(bad[:4])}); {GEOMETRY_HINT}")
-        state = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in src.items()}
-        model.load_state_dict(state, assign=True)
+        linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+        state = {k: v.to(device=device, dtype=dtype if k.rsplit(".", 1)[0] in linears else torch.float32)
+                 for k, v in src.items()}
+        model.load_state_dict({k: v.contiguous() for k, v in state.items()}, assign=True)
         return model.eval()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x `[B, T, n_embd]` (float32), t `[B]` -> velocity `[B, T, 64]` (float32)."""
-        dtype = self.wpe.dtype
+        dtype = self.proj_out.weight.dtype
         length = x.shape[1]
-        h = x.float() + self.wpe[:length].float()
+        h = x.float() + self.wpe[:length]
         te = self.time_hidden(F.silu(self.time_in(timestep_features(t).to(dtype))))
         mod = self.time_mod(F.silu(te)).float().view(len(t), 6, -1)
         cos, sin = rope_tables(length, self.cfg.head_dim, self.cfg.rope_theta, x.device)
         for block in self.blocks:
             h = block(h, mod, cos, sin)
-        shift, scale = (self.scale_shift_table.float()[None] + te.float()[:, None]).chunk(2, dim=1)
+        shift, scale = (self.scale_shift_table[None] + te.float()[:, None]).chunk(2, dim=1)
         z = layer_norm(h, self.ln_f) * (1 + scale) + shift
         return self.proj_out(z.to(dtype)).float()
 

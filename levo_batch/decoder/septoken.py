@@ -25,7 +25,7 @@ from levo_batch.decoder.weights import SafetensorsDict
 from levo_batch.decoder.windows import SAMPLES_PER_FRAME, SongWindows, WindowJob, WindowPlan, advance, render
 from levo_batch.runtime import RuntimePaths
 from levo_batch.stages import GEN_TYPES, SAMPLE_RATE, DecodeRequest, PromptAudio
-from levo_batch.torch_utils import compute_dtype, torch_device
+from levo_batch.torch_utils import torch_device
 
 FILLER = {"bgm": (0, 3142), "vocal": (1, 9670)}
 """Single-stem decodes: (row of the [vocal, bgm] pair replaced, constant token upstream puts there)."""
@@ -42,6 +42,12 @@ PROMPT_GEN_TYPES = ("mixed", "separate")
 CODEBOOK_SIZE = 16384
 VAE_OVERLAP = 32
 NOISE_SCHEME = "sha256(seed:kind/window{k}) -> torch.Generator(cpu).randn, v1"
+
+
+def default_flow_dtype(device: torch.device) -> torch.dtype:
+    """float16 on accelerators, as upstream's CUDA autocast (drift from fp32 ~10x below bfloat16's, see
+    bench/decoder.py --compare); float32 on CPU."""
+    return torch.float32 if device.type == "cpu" else torch.float16
 
 
 def stem_codes(tokens: np.ndarray, kind: str) -> np.ndarray:
@@ -116,12 +122,12 @@ class SepTokenDecoder:
              batch_size: int = 4, vae_dtype: torch.dtype = torch.float32) -> "SepTokenDecoder":
         """Read the septoken safetensors (decoder tensors only) and the VAE decoder from the runtime folder.
 
-        The flow runs in `dtype` (default: fp16/bf16 on GPU, fp32 on CPU), the VAE in fp32 like upstream.
+        The flow runs in `dtype` (default `default_flow_dtype`), the VAE in `vae_dtype` (float32 like upstream).
         """
         from levo_batch.decoder.vae import load_vae
 
         device = torch_device(device) if not isinstance(device, torch.device) else device
-        dtype = dtype or compute_dtype(device)
+        dtype = dtype or default_flow_dtype(device)
         septoken = runtime.require(runtime.septoken, "septoken decoder weights")
         vae_config = runtime.require(runtime.vae_config, "VAE config")
         vae_weights = runtime.require(runtime.vae_weights, "VAE weights")
