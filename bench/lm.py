@@ -8,7 +8,7 @@ together), steps/s per slot, songs/hour for 4000-step songs from decoding alone 
 per song (a refill stalls the whole batch), and the peak MLX memory.
 
     python bench/lm.py --tiny                                   # any machine, seconds
-    python bench/lm.py --sizes medium,large --batches 1,4,16 --dtypes bf16,q4 --steps 200
+    python bench/lm.py --sizes medium,large --batches 1,4,16 --dtypes bf16,q4 --kv-bits none,8 --steps 200
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def build_model(cfg: LMConfig, dtype: str) -> LeVoLM:
     return model
 
 
-def time_row(model: LeVoLM, cfg: LMConfig, batch: int, steps: int, position: int, timesteps: int) -> dict:
-    slots = SongSlots(model, cfg, SamplingParams(), batch, timesteps)
+def time_row(model: LeVoLM, cfg: LMConfig, batch: int, steps: int, position: int, timesteps: int,
+             kv_bits: int | None) -> dict:
+    slots = SongSlots(model, cfg, SamplingParams(), batch, timesteps, kv_bits=kv_bits)
     dtype = model.transformer.model.norm.weight.dtype
     prefix = mx.random.normal((2, cfg.prefix_len, cfg.dim)).astype(dtype)
     rng = np.random.default_rng(0)
@@ -72,7 +73,7 @@ def time_row(model: LeVoLM, cfg: LMConfig, batch: int, steps: int, position: int
     slots.release(0)
     slots.insert(0, prefix, prefix, no_ban, 0, fresh, np.zeros(cfg.code_depth, dtype=bool))
     start = time.perf_counter()
-    mx.eval([c.keys for c in slots.caches1 + slots.caches2])
+    mx.eval([a for c in slots.caches1 + slots.caches2 for a in c.state])
     prefill_s = time.perf_counter() - start
     return {
         "ms_step": step_s * 1e3,
@@ -91,13 +92,15 @@ def main() -> None:
     ap.add_argument("--dtypes", default="bf16,q4", help="comma list of fp32, bf16, q4, q8")
     ap.add_argument("--steps", type=int, default=100, help="timed decode steps per row")
     ap.add_argument("--position", type=int, default=2000, help="pattern columns already written per song")
+    ap.add_argument("--kv-bits", default="none", help="comma list of none, 8 (quantised attention caches; "
+                    "needs head_dim >= 32, so not with the tiny size)")
     ap.add_argument("--duration", type=float, default=150.0, help="max song seconds (sizes the KV cache)")
     ap.add_argument("--tiny", action="store_true", help="tiny model, batches 1,4, fp32: a CPU smoke run")
     args = ap.parse_args()
     if args.tiny:
         args.sizes, args.batches, args.dtypes, args.steps, args.position = "tiny", "1,4", "fp32", 20, 100
     print(f"MLX {mx.__version__} on {mx.default_device()} ({mx.device_info().get('device_name', '?')})")
-    header = f"{'size':<7}{'dtype':<6}{'batch':>6}{'ms/step':>10}{'steps/s':>9}{'songs/h':>9}" \
+    header = f"{'size':<7}{'dtype':<6}{'kv':<5}{'batch':>6}{'ms/step':>10}{'steps/s':>9}{'songs/h':>9}" \
              f"{'+prefill':>10}{'prefill ms':>11}{'peak GiB':>10}"
     print(header)
     for size in args.sizes.split(","):
@@ -107,16 +110,17 @@ def main() -> None:
         position = min(args.position, timesteps + max(cfg.delays) - args.steps - WARMUP - 2)
         for dtype in args.dtypes.split(","):
             model = build_model(cfg, dtype)
-            for batch in (int(b) for b in args.batches.split(",")):
+            for kv, batch in ((kv, int(b)) for kv in args.kv_bits.split(",") for b in args.batches.split(",")):
+                kv_bits = None if kv == "none" else int(kv)
                 try:
-                    r = time_row(model, cfg, batch, args.steps, position, timesteps)
+                    r = time_row(model, cfg, batch, args.steps, position, timesteps, kv_bits)
                 except (RuntimeError, ValueError) as e:  # out of device memory at large batches
-                    print(f"{size:<7}{dtype:<6}{batch:>6}  failed: {e}")
+                    print(f"{size:<7}{dtype:<6}{kv:<5}{batch:>6}  failed: {e}")
                     continue
                 finally:
                     gc.collect()
                     mx.clear_cache()
-                print(f"{size:<7}{dtype:<6}{batch:>6}{r['ms_step']:>10.2f}{r['steps_s']:>9.1f}{r['songs_h']:>9.0f}"
+                print(f"{size:<7}{dtype:<6}{kv:<5}{batch:>6}{r['ms_step']:>10.2f}{r['steps_s']:>9.1f}{r['songs_h']:>9.0f}"
                       f"{r['songs_h_prefill']:>10.0f}{r['prefill_ms']:>11.1f}{r['peak_gib']:>10.2f}", flush=True)
             del model
             gc.collect()

@@ -20,7 +20,7 @@ from functools import partial
 import mlx.core as mx
 import numpy as np
 
-from levo_batch.lm.cache import KVCache, StepContext, make_caches
+from levo_batch.lm.cache import StepContext, make_caches
 from levo_batch.lm.config import LMConfig
 from levo_batch.lm.model import LeVoLM
 from levo_batch.lm.pattern import num_columns
@@ -70,34 +70,44 @@ def _advance(logits, seq, col, ended, counts, banned, seeds, active, *, cfg, par
     return proc, seq, col + active.astype(col.dtype), ended, counts, done
 
 
-def _step(seq, col, ended, counts, banned, seeds, active, *kv, model, cfg, params, timesteps, length):
-    """One decoding step of every slot as a pure function of the state and the caches (`kv`: keys, values of
-    each layer, first stack then second), so it compiles once per attended `length`: tracing ~50 layers
-    in Python each step would cost as much as the step itself at batch 1."""
+def _rebuild(layout, arrays) -> list:
+    """Caches from a flat array list; `layout` is `(array count, rebuilder)` per cache."""
+    caches, i = [], 0
+    for n, rebuild in layout:
+        caches.append(rebuild(list(arrays[i : i + n])))
+        i += n
+    return caches
+
+
+def _step(seq, col, ended, counts, banned, seeds, active, *kv, model, cfg, params, timesteps, length, layout):
+    """One decoding step of every slot as a pure function of the state and the cache arrays (`kv`: each
+    layer's `state`, first stack then second), so it compiles once per attended `length`: tracing ~50
+    layers in Python each step would cost as much as the step itself at batch 1."""
     slots = col.shape[0]
-    caches = [KVCache(kv[i], kv[i + 1]) for i in range(0, len(kv), 2)]
+    caches = _rebuild(layout, kv)
     where = mx.broadcast_to(col[:, None, None], (slots, cfg.code_depth, 1))
     fed = mx.take_along_axis(seq, where, axis=2)[:, :, 0]
     ctx = StepContext.build(mx.repeat(col + cfg.prefix_len, 2), length)
     logits = model.step(mx.repeat(fed, 2, axis=0), caches[: cfg.num_layers], caches[cfg.num_layers :], ctx)
     state = _advance(logits, seq, col, ended, counts, banned, seeds, active, cfg=cfg, params=params,
                      timesteps=timesteps)
-    return (*state, *[a for c in caches for a in (c.keys, c.values)])
+    return (*state, *[a for c in caches for a in c.state])
 
 
 class SongSlots:
     """Device state and caches for `slots` songs of at most `timesteps` frames each."""
 
     def __init__(self, model: LeVoLM, cfg: LMConfig, params: SamplingParams, slots: int, timesteps: int,
-                 keep_logits: bool = False):
+                 keep_logits: bool = False, kv_bits: int | None = None):
         self.model, self.cfg, self.params = model, cfg, params.with_cfg_coef(cfg.cfg_coef)
         self.slots, self.timesteps, self.keep_logits = slots, timesteps, keep_logits
         self.width = num_columns(timesteps, cfg.delays) + SLACK_COLUMNS
         self.capacity = cfg.prefix_len + self.width
         dtype = model.transformer.model.norm.weight.dtype
         shape = (2 * slots, cfg.num_heads, self.capacity, cfg.head_dim)
-        self.caches1 = make_caches(cfg.num_layers, *shape, dtype)
-        self.caches2 = make_caches(cfg.num_layers_sub, *shape, dtype)
+        self.caches1 = make_caches(cfg.num_layers, *shape, dtype, kv_bits)
+        self.caches2 = make_caches(cfg.num_layers_sub, *shape, dtype, kv_bits)
+        self._layout = [(len(c.state), c.rebuilder()) for c in self.caches1 + self.caches2]
         q = cfg.code_depth
         self.seq = mx.full((slots, q, self.width), cfg.special_id, dtype=mx.int32)
         self.col = mx.zeros((slots,), dtype=mx.int32)
@@ -114,7 +124,7 @@ class SongSlots:
     def _state(self) -> list[mx.array]:
         caches = self.caches1 + self.caches2
         return [self.seq, self.col, self.ended, self.counts, self.banned, self.seeds, self.active] + [
-            a for c in caches for a in (c.keys, c.values)
+            a for c in caches for a in c.state
         ]
 
     def free_slots(self) -> list[int]:
@@ -181,14 +191,14 @@ class SongSlots:
         length = min(self.capacity, -(-(cfg.prefix_len + top + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET)
         if length not in self._compiled:
             self._compiled[length] = mx.compile(partial(
-                _step, model=self.model, cfg=cfg, params=self.params, timesteps=self.timesteps, length=length))
-        caches = self.caches1 + self.caches2
+                _step, model=self.model, cfg=cfg, params=self.params, timesteps=self.timesteps, length=length,
+                layout=self._layout))
         proc, self.seq, self.col, self.ended, self.counts, done, *kv = self._compiled[length](
             self.seq, self.col, self.ended, self.counts, self.banned, self.seeds, self.active,
-            *[a for c in caches for a in (c.keys, c.values)],
+            *[a for c in self.caches1 + self.caches2 for a in c.state],
         )
-        for i, cache in enumerate(caches):
-            cache.keys, cache.values = kv[2 * i], kv[2 * i + 1]
+        caches = _rebuild(self._layout, kv)
+        self.caches1, self.caches2 = caches[: cfg.num_layers], caches[cfg.num_layers :]
         for i in range(self.slots):
             if self.owners[i] is not None:
                 self.host_col[i] += 1

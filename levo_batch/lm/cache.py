@@ -4,11 +4,21 @@ Songs in one batch are at different steps (a finished song's slot is refilled by
 writes its keys at its own position instead of a shared offset. The buffers are allocated once for the
 longest song and written in place (`put_along_axis` on an array nobody else holds lets MLX reuse the
 buffer), so a step never concatenates or copies the cache.
+
+Every row attends the same cache prefix (`StepContext.length`, the furthest row's position rounded up)
+with its later slots masked: MLX has no per-row-length attention. Songs that start together stay aligned,
+so this only costs when a batch mixes songs at very different steps.
+
+At large batches decoding is bound by reading keys and values (LeVo 2 has no grouped KV heads: about
+1.2 GB per row per step mid-song for v2-large in bf16), so `QuantizedKVCache` stores them in 8 bits with
+per-group scales, roughly halving that traffic and the memory, at a small numerical cost (4 bits was tried
+and moves the logits far too much).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import mlx.core as mx
 
@@ -32,6 +42,10 @@ class StepContext:
         return cls(positions=positions, mask=mask, length=length)
 
 
+def _write(buffer: mx.array, value: mx.array, ctx: StepContext) -> mx.array:
+    return mx.put_along_axis(buffer, ctx.positions[:, None, None, None], value.astype(buffer.dtype), axis=2)
+
+
 class KVCache:
     """Keys and values of one attention layer, `[rows, heads, capacity, head_dim]`."""
 
@@ -43,12 +57,19 @@ class KVCache:
         shape = (rows, heads, capacity, head_dim)
         return cls(mx.zeros(shape, dtype=dtype), mx.zeros(shape, dtype=dtype))
 
-    def write_step(self, k: mx.array, v: mx.array, ctx: StepContext) -> tuple[mx.array, mx.array]:
-        """Store one token per row at its own position; return the attended part of the cache."""
-        idx = ctx.positions[:, None, None, None]
-        self.keys = mx.put_along_axis(self.keys, idx, k.astype(self.keys.dtype), axis=2)
-        self.values = mx.put_along_axis(self.values, idx, v.astype(self.values.dtype), axis=2)
-        return self.keys[:, :, : ctx.length], self.values[:, :, : ctx.length]
+    @property
+    def state(self) -> list[mx.array]:
+        return [self.keys, self.values]
+
+    def rebuilder(self) -> Callable[[list[mx.array]], "KVCache"]:
+        """Makes a cache like this one from a `state` list; holds no arrays (compiled steps keep it)."""
+        return lambda state: KVCache(*state)
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, ctx: StepContext, scale: float) -> mx.array:
+        """Store one token per row at its own position, then attend over the cache prefix."""
+        self.keys, self.values = _write(self.keys, k, ctx), _write(self.values, v, ctx)
+        keys, values = self.keys[:, :, : ctx.length], self.values[:, :, : ctx.length]
+        return mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=ctx.mask)
 
     def insert(self, rows: slice, k: mx.array, v: mx.array) -> None:
         """Place a prefilled sequence (positions 0..n-1) into some rows, e.g. a new song's slot."""
@@ -57,5 +78,64 @@ class KVCache:
         self.values[rows, :, :n] = v.astype(self.values.dtype)
 
 
-def make_caches(num_layers: int, rows: int, heads: int, capacity: int, head_dim: int, dtype) -> list[KVCache]:
-    return [KVCache.zeros(rows, heads, capacity, head_dim, dtype) for _ in range(num_layers)]
+class QuantizedKVCache:
+    """`KVCache` with keys and values quantised along head_dim (`mx.quantize` layout: packed, scales, biases)."""
+
+    def __init__(self, keys: list[mx.array], values: list[mx.array], bits: int, group_size: int):
+        self.keys, self.values, self.bits, self.group_size = keys, values, bits, group_size
+
+    @classmethod
+    def zeros(cls, rows: int, heads: int, capacity: int, head_dim: int, dtype: mx.Dtype, bits: int,
+              group_size: int) -> "QuantizedKVCache":
+        def make():
+            lead = (rows, heads, capacity)
+            return [mx.zeros((*lead, head_dim * bits // 32), dtype=mx.uint32),
+                    mx.zeros((*lead, head_dim // group_size), dtype=dtype),
+                    mx.zeros((*lead, head_dim // group_size), dtype=dtype)]
+
+        return cls(make(), make(), bits, group_size)
+
+    @property
+    def state(self) -> list[mx.array]:
+        return [*self.keys, *self.values]
+
+    def rebuilder(self) -> Callable[[list[mx.array]], "QuantizedKVCache"]:
+        bits, group_size = self.bits, self.group_size
+        return lambda state: QuantizedKVCache(list(state[:3]), list(state[3:]), bits, group_size)
+
+    def _quantize(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        return mx.quantize(x, group_size=self.group_size, bits=self.bits)
+
+    def attend(self, q: mx.array, k: mx.array, v: mx.array, ctx: StepContext, scale: float) -> mx.array:
+        self.keys = [_write(b, x, ctx) for b, x in zip(self.keys, self._quantize(k))]
+        self.values = [_write(b, x, ctx) for b, x in zip(self.values, self._quantize(v))]
+        quant = dict(group_size=self.group_size, bits=self.bits)
+        keys = [a[:, :, : ctx.length] for a in self.keys]
+        values = [a[:, :, : ctx.length] for a in self.values]
+        scores = mx.quantized_matmul(q * scale, *keys, transpose=True, **quant)
+        scores = mx.where(ctx.mask, scores.astype(mx.float32), -mx.inf)
+        probs = mx.softmax(scores, axis=-1).astype(q.dtype)
+        return mx.quantized_matmul(probs, *values, transpose=False, **quant)
+
+    def insert(self, rows: slice, k: mx.array, v: mx.array) -> None:
+        n = k.shape[2]
+        for buffers, x in ((self.keys, k), (self.values, v)):
+            for b, part in zip(buffers, self._quantize(x)):
+                b[rows, :, :n] = part.astype(b.dtype)
+
+
+def kv_group_size(head_dim: int, kv_bits: int) -> int:
+    """Quantisation group along head_dim: 64, or 32 for small heads; raises for unsupported settings."""
+    group = 64 if head_dim % 64 == 0 else 32
+    if kv_bits != 8 or head_dim % group:
+        raise ValueError(f"kv_bits must be 8 and head_dim ({head_dim}) a multiple of 32, got kv_bits={kv_bits}")
+    return group
+
+
+def make_caches(num_layers: int, rows: int, heads: int, capacity: int, head_dim: int, dtype: mx.Dtype,
+                kv_bits: int | None = None) -> list[KVCache] | list[QuantizedKVCache]:
+    """Float caches (`kv_bits` None) or quantised ones."""
+    if kv_bits is None:
+        return [KVCache.zeros(rows, heads, capacity, head_dim, dtype) for _ in range(num_layers)]
+    group = kv_group_size(head_dim, kv_bits)
+    return [QuantizedKVCache.zeros(rows, heads, capacity, head_dim, dtype, kv_bits, group) for _ in range(num_layers)]

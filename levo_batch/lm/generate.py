@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 
 from levo_batch.lm.batch import SongSlots, StepOutput
+from levo_batch.lm.cache import kv_group_size
 from levo_batch.lm.conditioners import banned_prompt_ids, condition_inputs
 from levo_batch.lm.config import LMConfig
 from levo_batch.lm.model import LeVoLM
@@ -34,7 +35,9 @@ class MLXTokenGenerator:
 
     def __init__(self, model: LeVoLM, cfg: LMConfig, tokenizers: TextTokenizers, *, model_id: str,
                  sampling: SamplingParams, batch_size: int = 8, max_duration: float | None = None,
-                 checkpoint_every: int = 250):
+                 checkpoint_every: int = 250, kv_bits: int | None = None):
+        """`kv_bits` 8 stores the attention caches quantised (see `levo_batch.lm.cache`): faster and
+        smaller at large batches, not bit-faithful to upstream; None keeps them in the model's dtype."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         duration = cfg.max_dur if max_duration is None else max_duration
@@ -44,12 +47,16 @@ class MLXTokenGenerator:
         self.model, self.cfg, self.tokenizers = model, cfg, tokenizers
         self.model_id, self.sampling = model_id, sampling.with_cfg_coef(cfg.cfg_coef)
         self.batch_size, self.checkpoint_every = batch_size, checkpoint_every
+        if kv_bits is not None:
+            kv_group_size(cfg.head_dim, kv_bits)
+        self.kv_bits = kv_bits
 
     def fingerprint(self) -> dict:
         return {
             "lm": "levo-batch-mlx-v1",
             "model": self.model_id,
             "timesteps": self.timesteps,
+            "kv_bits": self.kv_bits,
             "sampling": self.sampling.fingerprint(),
         }
 
@@ -61,7 +68,7 @@ class MLXTokenGenerator:
             return
         queue = deque(songs)
         slots = SongSlots(self.model, self.cfg, self.sampling, min(self.batch_size, len(songs)),
-                          self.timesteps)
+                          self.timesteps, kv_bits=self.kv_bits)
         running: dict[int, SongRequest] = {}
         self._fill(slots, queue, running, sink)
         pending: StepOutput | None = None

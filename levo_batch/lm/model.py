@@ -64,9 +64,7 @@ class Attention(nn.Module):
 
     def step(self, x: mx.array, cache: KVCache, ctx: StepContext) -> mx.array:
         q, k, v = self._qkv(x, ctx.positions)
-        keys, values = cache.write_step(k, v, ctx)
-        o = mx.fast.scaled_dot_product_attention(q, keys, values, scale=self.scale, mask=ctx.mask)
-        return self._out(o)
+        return self._out(cache.attend(q, k, v, ctx, self.scale))
 
 
 class MLP(nn.Module):
