@@ -145,6 +145,37 @@ def test_plain_bgm_ignores_prompt_like_upstream(fixtures, runtime_4s):
     np.testing.assert_array_equal(with_prompt["main"], without["main"])
 
 
+class StubPromptModels:
+    """Stands in for the VAE encoder and the septoken encoder; records which stems each prompt encode saw."""
+
+    def __init__(self):
+        self.seen = []
+
+    def encode_audio(self, audio, noise):
+        return torch.zeros(1, 64, audio.shape[-1] // 1920)
+
+    def encode(self, vocal, bgm):
+        self.seen.append((bool(vocal.abs().sum() > 0), bool(bgm.abs().sum() > 0)))
+        n = vocal.shape[-1] // 1920 + 1
+        return torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)
+
+
+@pytest.mark.parametrize("on_stems,expected", [
+    (True, [(True, False), (False, True), (True, True)]),  # vocal decode: bgm prompt zeroed; bgm: vocal zeroed
+    (False, [(True, True)]),                               # generate_lowmem: mixed decode only
+])
+def test_prompt_routing_for_separate(fixtures, runtime_4s, on_stems, expected):
+    loaded = SepTokenDecoder.load(runtime_4s, device="cpu")
+    stub = StubPromptModels()
+    decoder = SepTokenDecoder(loaded.flow, loaded.vae, prompt_models=lambda: (stub, stub), prompt_on_stems=on_stems)
+    tokens = load_case(fixtures, "bgm_3s")["tokens"][0][:, :30]
+    prompt = PromptAudio(np.ones((2, 96000), np.float32), np.ones((2, 96000), np.float32))
+    stems = decode_one(decoder, DecodeRequest("s", tokens, "separate", seed=0, prompt_audio=prompt))
+    assert stub.seen == expected and {k: v.shape for k, v in stems.items()} == dict.fromkeys(stems, (2, 57600))
+    decode_one(decoder, DecodeRequest("b", tokens, "bgm", seed=0, prompt_audio=prompt))
+    assert stub.seen == expected
+
+
 def test_batched_equals_alone_and_seeded(fixtures, runtime_4s):
     """Batching changes only float rounding (GEMM blocking), ~1e-6; re-decoding is bit-identical."""
     tokens = load_case(fixtures, "dur4_10s04")["tokens"][0]

@@ -8,7 +8,8 @@ is three full decodes. Differences from upstream, all deliberate:
 - the same window of several songs is sampled as one batch (`batch_size`), which changes nothing else.
 Prompt audio conditions the decoder exactly where upstream's `generate()` uses it: mixed and separate runs
 (each of the three separate decodes, with the other stem's prompt zeroed for the single-stem ones); plain
-bgm/vocal runs ignore it, as upstream does.
+bgm/vocal runs ignore it, as upstream does. With `prompt_on_stems=False` (upstream's `generate_lowmem()`)
+only the mixed decode of a separate run gets it.
 """
 
 from __future__ import annotations
@@ -98,15 +99,17 @@ class SepTokenDecoder:
     sample_rate = SAMPLE_RATE
 
     def __init__(self, flow: FlowDecoder, vae, *, prompt_models: Callable[[], tuple] | None = None,
-                 batch_size: int = 4, info: dict | None = None):
+                 batch_size: int = 4, prompt_on_stems: bool = True, info: dict | None = None):
         """`vae` needs `decode_chunked(latents, chunk_size, overlap)`. `prompt_models()` returns (VAE with
         `encode_audio(audio, noise=)`, septoken encoder with `encode(vocal, bgm)`); it is called once, on the
-        first prompt, so prompt-less runs never load MusicFM or the VAE encoder."""
+        first prompt, so prompt-less runs never load MusicFM or the VAE encoder. `prompt_on_stems=False` keeps
+        prompts off the vocal/bgm decodes of separate runs (upstream's low-memory path)."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.flow = flow
         self.vae = vae
         self.batch_size = batch_size
+        self.prompt_on_stems = prompt_on_stems
         self.cfg = flow.cfg
         self.plan = WindowPlan.for_duration(self.cfg.duration)
         self.device = flow.mask_emb.device
@@ -119,7 +122,8 @@ class SepTokenDecoder:
 
     @classmethod
     def load(cls, runtime: RuntimePaths, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-             batch_size: int = 4, vae_dtype: torch.dtype = torch.float32) -> "SepTokenDecoder":
+             batch_size: int = 4, prompt_on_stems: bool = True,
+             vae_dtype: torch.dtype = torch.float32) -> "SepTokenDecoder":
         """Read the septoken safetensors (decoder tensors only) and the VAE decoder from the runtime folder.
 
         The flow runs in `dtype` (default `default_flow_dtype`), the VAE in `vae_dtype` (float32 like upstream).
@@ -146,12 +150,14 @@ class SepTokenDecoder:
                 "vae": f"{vae_weights.name}:{vae_weights.stat().st_size}",
                 "dtype": str(dtype).removeprefix("torch."), "vae_dtype": str(vae_dtype).removeprefix("torch."),
                 "device": device.type}
-        return cls(flow, vae, prompt_models=prompt_models, batch_size=batch_size, info=info)
+        return cls(flow, vae, prompt_models=prompt_models, batch_size=batch_size, prompt_on_stems=prompt_on_stems,
+                   info=info)
 
     def fingerprint(self) -> dict:
         """Weights (name:size), precision, device type, geometry and noise scheme; batch size is excluded
         because it does not change the audio."""
-        return {"decoder": "septoken", **self.info, "config": asdict(self.cfg), "noise": NOISE_SCHEME}
+        return {"decoder": "septoken", **self.info, "config": asdict(self.cfg), "noise": NOISE_SCHEME,
+                "prompt_on_stems": self.prompt_on_stems}
 
     def decode(self, songs: Sequence[DecodeRequest]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         songs = list(songs)
@@ -174,7 +180,7 @@ class SepTokenDecoder:
         frames = self.plan.frames
         for stem, kind in DECODES[song.gen_type]:
             prompt_codes = prompt_latent = None
-            if song.prompt_audio is not None and song.gen_type in PROMPT_GEN_TYPES:
+            if self._uses_prompt(song, kind):
                 prompt_codes, prompt_latent = self._encode_prompt(song.prompt_audio, kind, song.seed)
 
             def noise(k: int, seed: int = song.seed, kind: str = kind) -> torch.Tensor:
@@ -182,6 +188,11 @@ class SepTokenDecoder:
 
             yield SongWindows((song.idx, stem), stem_codes(song.tokens, kind), noise, self.plan,
                               prompt_codes, prompt_latent)
+
+    def _uses_prompt(self, song: DecodeRequest, kind: str) -> bool:
+        if song.prompt_audio is None or song.gen_type not in PROMPT_GEN_TYPES:
+            return False
+        return kind == "mixed" or self.prompt_on_stems
 
     def _encode_prompt(self, prompt: PromptAudio, kind: str, seed: int) -> tuple[np.ndarray, torch.Tensor]:
         """Prompt codes `[2, Lc]` (septoken encoder) and sampled VAE latents `[Lp, 64]` of the raw stem mix."""
