@@ -174,9 +174,11 @@ class Estimator(nn.Module):
             raise ValueError(f"estimator weights in {source_name(sd)} do not fit the config "
                              f"({'; '.join(bad[:4])}); {GEOMETRY_HINT}")
         linears = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
-        state = {k: v.to(device=device, dtype=dtype if k.rsplit(".", 1)[0] in linears else torch.float32)
-                 for k, v in src.items()}
-        model.load_state_dict({k: v.contiguous() for k, v in state.items()}, assign=True)
+        state = {}
+        for key in list(src):  # pop as we go: host memory holds the file's tensors only until they are moved
+            target = dtype if key.rsplit(".", 1)[0] in linears else torch.float32
+            state[key] = src.pop(key).to(device=device, dtype=target).contiguous()
+        model.load_state_dict(state, assign=True)
         return model.eval()
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
