@@ -266,3 +266,12 @@ def test_resumed_song_that_had_ended_finishes_without_decoding(tiny, tok):
     gen.generate([SongRequest("done", ".", ".", None, 0, state)], sink)
     assert sink.tokens["done"].tolist() == [[5], [7], [8]]  # codebooks 1, 2 hit EOS at frame 1
     assert sink.steps == {}
+
+
+def test_invalid_prompt_is_refused_before_any_decoding(fixtures, tiny, tok, cases):
+    good = _song(fixtures, cases["jobs"][0])
+    bad = replace(good, idx="bad", prompt_tokens=np.zeros((2, 10), dtype=np.int64))
+    sink = RecordingSink()
+    with pytest.raises(ValueError, match=r"song bad: prompt tokens must be \[1, n\]"):
+        _generator(tiny, tok, GREEDY, max_duration=FIXTURE_SECONDS).generate([good, bad], sink)
+    assert sink.tokens == {} and sink.steps == {}

@@ -15,19 +15,30 @@ prefill and step-by-step decoding, which in float32 never flips a choice on the 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from levo_batch.lm.batch import SongSlots, StepOutput
 from levo_batch.lm.cache import kv_group_size
-from levo_batch.lm.conditioners import banned_prompt_ids, condition_inputs
+from levo_batch.lm.conditioners import CondInputs, banned_prompt_ids, condition_inputs
 from levo_batch.lm.config import LMConfig
 from levo_batch.lm.model import LeVoLM
 from levo_batch.lm.pattern import cut_at_eos, num_columns, revert_pattern
 from levo_batch.lm.sampling import SamplingParams
 from levo_batch.lm.tokenizer import TextTokenizers
 from levo_batch.stages import SongRequest, TokenSink
+
+
+@dataclass
+class _Prepared:
+    """Host-side inputs of a song: conditioner tokens, and the written columns and ended flags to start from."""
+
+    song: SongRequest
+    inputs: CondInputs
+    columns: np.ndarray
+    ended: np.ndarray
 
 
 class MLXTokenGenerator:
@@ -64,37 +75,40 @@ class MLXTokenGenerator:
         return num_columns(self.timesteps, self.cfg.delays) - 1
 
     def generate(self, songs: Sequence[SongRequest], sink: TokenSink) -> None:
-        if not songs:
+        """Raises ValueError naming the song before any decoding if a song's prompt or resume state is invalid."""
+        queue: deque[_Prepared] = deque()
+        for p in (self._prepare(song) for song in songs):
+            if p.ended.all() or p.columns.shape[1] - 1 >= self.max_steps():
+                sink.finished(p.song.idx, self._tokens(p.columns))
+            else:
+                queue.append(p)
+        if not queue:
             return
-        queue = deque(songs)
-        slots = SongSlots(self.model, self.cfg, self.sampling, min(self.batch_size, len(songs)),
-                          self.timesteps, kv_bits=self.kv_bits)
+        slots = SongSlots(self.model, self.cfg, self.sampling, min(self.batch_size, len(queue)), self.timesteps,
+                          kv_bits=self.kv_bits)
         running: dict[int, SongRequest] = {}
-        self._fill(slots, queue, running, sink)
+        self._fill(slots, queue, running)
         pending: StepOutput | None = None
         while slots.busy() or pending is not None:
             current = slots.step() if slots.busy() else None
             if pending is not None:
                 self._collect(pending, slots, running, sink)
-                self._fill(slots, queue, running, sink)
+                self._fill(slots, queue, running)
             pending = current
 
-    def _fill(self, slots: SongSlots, queue: deque, running: dict, sink: TokenSink) -> None:
-        """Put queued songs into free slots (a resumed song that had already ended finishes right away)."""
-        for slot in slots.free_slots():
-            while queue:
-                song = queue.popleft()
-                columns, ended = self._start_state(song)
-                if ended.all() or columns.shape[1] - 1 >= self.max_steps():
-                    sink.finished(song.idx, self._tokens(columns))
-                    continue
-                s1, s2 = self.model.condition_provider.prefix(
-                    condition_inputs(self.tokenizers, self.cfg, song.lyrics, song.descriptions, song.prompt_tokens)
-                )
-                owner = slots.insert(slot, s1, s2, banned_prompt_ids(song.prompt_tokens, self.cfg), song.seed,
-                                     columns, ended)
-                running[owner] = song
-                break
+    def _prepare(self, song: SongRequest) -> "_Prepared":
+        try:
+            inputs = condition_inputs(self.tokenizers, self.cfg, song.lyrics, song.descriptions, song.prompt_tokens)
+        except ValueError as e:
+            raise ValueError(f"song {song.idx}: {e}") from e
+        return _Prepared(song, inputs, *self._start_state(song))
+
+    def _fill(self, slots: SongSlots, queue: deque, running: dict) -> None:
+        for slot in slots.free_slots()[: len(queue)]:
+            p = queue.popleft()
+            s1, s2 = self.model.condition_provider.prefix(p.inputs)
+            banned = banned_prompt_ids(p.song.prompt_tokens, self.cfg)
+            running[slots.insert(slot, s1, s2, banned, p.song.seed, p.columns, p.ended)] = p.song
 
     def _start_state(self, song: SongRequest) -> tuple[np.ndarray, np.ndarray]:
         depth = self.cfg.code_depth
