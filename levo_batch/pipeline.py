@@ -213,6 +213,7 @@ def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, 
         if opts.overwrite:
             store.remove(job.idx)
         elif store.load(job.idx, fp) is not None:
+            store.partial_path(job.idx).unlink(missing_ok=True)  # a kill between record and cleanup
             continue
         lyrics, descriptions = lm_texts(job.gt_lyric, job.descriptions, opts.gen_type)
         seed = song_seed(opts.seed, job.idx)
