@@ -9,10 +9,11 @@ Random LM weights never emit EOS here (see `common.lm_weight`), so every song ru
 case, real songs often end earlier. Times are measured by wrapping the stage factories and the phase calls;
 the product is not modified.
 
-    python bench/e2e.py --tiny                        # tiny models on CPU, seconds
-    python bench/e2e.py --size large --songs 100      # the headline run (GPU machine)
-    python bench/e2e.py --size large --songs 16 --work outputs/e2e --lm-only --batch-size 16
-    python bench/e2e.py --size large --work outputs/e2e --decoder-only --decoder-batch 8
+    python bench/e2e.py --tiny                                              # tiny models on CPU, seconds
+    python bench/e2e.py --size large --songs 16 --batch-size 16 --work outputs/e2e   # one LM wave, extrapolated
+    python bench/e2e.py --size large --songs 100 --batch-size 16 --work outputs/e2e  # the headline album
+    python bench/e2e.py --size large --songs 16 --work outputs/e2e --lm-only --quantize 4
+    python bench/e2e.py --size large --songs 16 --work outputs/e2e --decoder-only --decoder-batch 8
 
 `--work` keeps the built checkpoints (~15 GB at large size, a few minutes to write) for later runs; outputs/
 is git-ignored, so it survives between commands on a warm machine.
@@ -254,8 +255,11 @@ def memory_rows() -> list[tuple[str, str]]:
     return rows
 
 
-def verdict(ok: bool) -> str:
-    return "ok" if ok else "MISSED"
+def verdict(args: argparse.Namespace, target: str, ok: bool) -> str:
+    """Targets are about real-size models on test100-length songs; other runs only show the target."""
+    if args.tiny or args.duration != REFERENCE_SONG_S:
+        return f"target {target} (for real sizes and --duration {REFERENCE_SONG_S:g})"
+    return f"target {target}: {'ok' if ok else 'MISSED'}"
 
 
 def album_estimate(args: argparse.Namespace, t: Timings, wall: float) -> tuple[float, float]:
@@ -300,8 +304,8 @@ def decoder_rows(args: argparse.Namespace, summary, t: Timings) -> list[tuple[st
                     f"batch {args.decoder_batch}", ""),
         ("decoder phase", f"{t.decoder_load + t.decoder_compute:.1f} s (load {t.decoder_load:.1f} s, decode "
                           f"{t.decoder_compute:.1f} s: {per_song:.2f} s/song of {audio_s:.1f} s audio)", ""),
-        ("decoder s per 150-s song", f"{per_reference:.2f} s",
-         f"<= {TARGET_DECODER_S} s: {verdict(per_reference <= TARGET_DECODER_S)}"),
+        ("decoder s per 150 s of audio", f"{per_reference:.2f} s",
+         verdict(args, f"<= {TARGET_DECODER_S} s", per_reference <= TARGET_DECODER_S)),
     ]
 
 
@@ -316,9 +320,9 @@ def report(args: argparse.Namespace, summary, t: Timings, wall: float) -> str:
     rows += [
         ("total wall", f"{wall:.1f} s for {args.songs} songs", ""),
         ("extrapolated 100 songs", f"{album:.1f} s ({album / 60:.1f} min)",
-         f"<= {TARGET_ALBUM_S / 60:.0f} min: {verdict(album <= TARGET_ALBUM_S)}" if both else ""),
+         verdict(args, f"<= {TARGET_ALBUM_S / 60:.0f} min", album <= TARGET_ALBUM_S) if both else ""),
         ("songs/hour (steady, no loads)", f"{per_hour:.0f}",
-         f">= {TARGET_SONGS_PER_HOUR:.0f}: {verdict(per_hour >= TARGET_SONGS_PER_HOUR)}" if both else ""),
+         verdict(args, f">= {TARGET_SONGS_PER_HOUR:.0f}", per_hour >= TARGET_SONGS_PER_HOUR) if both else ""),
     ]
     rows += [(k, v, "") for k, v in memory_rows()]
     width = max(len(r[0]) for r in rows)

@@ -54,7 +54,7 @@ def test_tiny_album_renders_every_song_to_full_length(album):
             assert record["tokens"].shape == (3, frames)  # no EOS: the bench's worst case
     assert (work / "lm-tiny-bf16" / "config.json").is_file()
     assert "wrote LM checkpoint" in done.stdout and "wrote runtime assets" in done.stdout
-    for row in ("LM phase", "LM steps/s", "decoder phase", "decoder s per 150-s song", "extrapolated 100 songs",
+    for row in ("LM phase", "LM steps/s", "decoder phase", "decoder s per 150 s of audio", "extrapolated 100 songs",
                 "songs/hour (steady, no loads)", "MLX peak memory"):
         assert row in done.stdout
     steps = int(re.search(r"(\d+) batched steps", done.stdout).group(1))
