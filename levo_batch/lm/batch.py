@@ -27,7 +27,8 @@ from levo_batch.lm.pattern import num_columns
 from levo_batch.lm.sampling import SamplingParams, choose, process_logits, seed_words
 
 ATTENTION_BUCKET = 256
-"""Attended cache length is rounded up to this, so step shapes repeat instead of growing every step."""
+"""Attended cache length (and the capacity) is a multiple of this, so step shapes repeat instead of growing
+every step, and matmul kernels that want aligned sizes apply (e.g. MLX CUDA's quantised ones)."""
 
 SLACK_COLUMNS = 2
 """A slot may run up to two columns past its last one: one step is scheduled before the host has read that
@@ -70,6 +71,10 @@ def _advance(logits, seq, col, ended, counts, banned, seeds, active, *, cfg, par
     return proc, seq, col + active.astype(col.dtype), ended, counts, done
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def _rebuild(layout, arrays) -> list:
     """Caches from a flat array list; `layout` is `(array count, rebuilder)` per cache."""
     caches, i = [], 0
@@ -102,7 +107,7 @@ class SongSlots:
         self.model, self.cfg, self.params = model, cfg, params.with_cfg_coef(cfg.cfg_coef)
         self.slots, self.timesteps, self.keep_logits = slots, timesteps, keep_logits
         self.width = num_columns(timesteps, cfg.delays) + SLACK_COLUMNS
-        self.capacity = cfg.prefix_len + self.width
+        self.capacity = _round_up(cfg.prefix_len + self.width, ATTENTION_BUCKET)
         dtype = model.transformer.model.norm.weight.dtype
         shape = (2 * slots, cfg.num_heads, self.capacity, cfg.head_dim)
         self.caches1 = make_caches(cfg.num_layers, *shape, dtype, kv_bits)
@@ -188,7 +193,7 @@ class SongSlots:
         """Schedule one pattern column for every slot (lazy: nothing is evaluated here)."""
         cfg = self.cfg
         top = max(self.host_col[i] for i in range(self.slots) if self.owners[i] is not None)
-        length = min(self.capacity, -(-(cfg.prefix_len + top + 1) // ATTENTION_BUCKET) * ATTENTION_BUCKET)
+        length = _round_up(cfg.prefix_len + top + 1, ATTENTION_BUCKET)
         if length not in self._compiled:
             self._compiled[length] = mx.compile(partial(
                 _step, model=self.model, cfg=cfg, params=self.params, timesteps=self.timesteps, length=length,
