@@ -1,6 +1,6 @@
 """Vocal separation of prompt audio with Demucs v4 `htdemucs`, as upstream's generate.py runs it.
 
-The model class and `apply_model` come from the PyPI `demucs` package (optional extra `[prompt]`); the weights
+The model class and `apply_model` come from the PyPI `demucs` package (a dependency); the weights
 are the runtime's `third_party/demucs/ckpt/htdemucs.pth`, a plain state dict whose hyper-parameters live in
 upstream's loader code (mirrored in `HTDEMUCS_HPARAMS`). What upstream does, and we repeat:
 
@@ -74,8 +74,8 @@ def _demucs():
         from demucs.htdemucs import HTDemucs
     except ImportError as e:
         raise SeparationError(
-            f"prompt audio needs the `demucs` package ({e}). Install it with "
-            "`pip install 'levo-batch[prompt]'` (or `pip install demucs einops julius`)."
+            f"prompt audio needs the `demucs` package ({e}), a dependency of levo-batch: reinstall "
+            "levo-batch or run `pip install demucs`."
         ) from e
     return HTDemucs, apply_model
 
