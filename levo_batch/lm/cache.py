@@ -126,6 +126,9 @@ class QuantizedKVCache:
                 b[rows, :, :n] = part.astype(b.dtype)
 
 
+Cache = KVCache | QuantizedKVCache
+
+
 def kv_group_size(head_dim: int, kv_bits: int) -> int:
     """Quantisation group along head_dim: 64, or 32 for small heads; raises for unsupported settings."""
     group = 64 if head_dim % 64 == 0 else 32
@@ -135,7 +138,7 @@ def kv_group_size(head_dim: int, kv_bits: int) -> int:
 
 
 def make_caches(num_layers: int, rows: int, heads: int, capacity: int, head_dim: int, dtype: mx.Dtype,
-                kv_bits: int | None = None) -> list[KVCache] | list[QuantizedKVCache]:
+                kv_bits: int | None = None) -> list[Cache]:
     """Float caches (`kv_bits` None) or quantised ones."""
     if kv_bits is None:
         return [KVCache.zeros(rows, heads, capacity, head_dim, dtype) for _ in range(num_layers)]

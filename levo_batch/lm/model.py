@@ -19,7 +19,7 @@ from functools import partial
 import mlx.core as mx
 import mlx.nn as nn
 
-from levo_batch.lm.cache import KVCache, StepContext
+from levo_batch.lm.cache import Cache, StepContext
 from levo_batch.lm.conditioners import ConditionProvider
 from levo_batch.lm.config import LMConfig
 
@@ -28,7 +28,7 @@ RMS_EPS = 1e-5
 
 @partial(mx.compile, shapeless=True)
 def swiglu(gate: mx.array, up: mx.array) -> mx.array:
-    """One fused kernel instead of three per MLP (decode is launch-bound at small batch)."""
+    """One fused kernel instead of three per MLP, also in prefill (decoding steps are compiled whole)."""
     return nn.silu(gate) * up
 
 
@@ -62,7 +62,7 @@ class Attention(nn.Module):
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask="causal")
         return self._out(o), k, v
 
-    def step(self, x: mx.array, cache: KVCache, ctx: StepContext) -> mx.array:
+    def step(self, x: mx.array, cache: Cache, ctx: StepContext) -> mx.array:
         q, k, v = self._qkv(x, ctx.positions)
         return self._out(cache.attend(q, k, v, ctx, self.scale))
 
@@ -91,7 +91,7 @@ class Block(nn.Module):
         h = x + a
         return h + self.mlp(self.post_attention_layernorm(h)), k, v
 
-    def step(self, x: mx.array, cache: KVCache, ctx: StepContext) -> mx.array:
+    def step(self, x: mx.array, cache: Cache, ctx: StepContext) -> mx.array:
         h = x + self.self_attn.step(self.input_layernorm(x), cache, ctx)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -111,7 +111,7 @@ class LlamaBody(nn.Module):
             kv.append((k, v))
         return self.norm(x), kv
 
-    def step(self, x: mx.array, caches: list[KVCache], ctx: StepContext) -> mx.array:
+    def step(self, x: mx.array, caches: list[Cache], ctx: StepContext) -> mx.array:
         for layer, cache in zip(self.layers, caches):
             x = layer.step(x, cache, ctx)
         return self.norm(x)
@@ -181,7 +181,7 @@ class LeVoLM(nn.Module):
         )
         return self.heads(h1[:, -s:], h2[:, -s:])
 
-    def step(self, columns: mx.array, caches1: list[KVCache], caches2: list[KVCache], ctx: StepContext) -> mx.array:
+    def step(self, columns: mx.array, caches1: list[Cache], caches2: list[Cache], ctx: StepContext) -> mx.array:
         """One pattern column per row `[R, code_depth]` -> next-column logits `[R, code_depth, V]`."""
         x1, x2 = self.embed_codes(columns[:, :, None])
         h1 = self.transformer.model.step(x1, caches1, ctx)
