@@ -24,10 +24,14 @@ import struct
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
 import numpy as np
 import orjson
+
+if TYPE_CHECKING:
+    from levo_batch.lm.config import LMConfig
+    from levo_batch.runtime import RuntimePaths
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES_ENV = "LEVO_FIXTURES"
@@ -112,7 +116,7 @@ def name_seed(seed: int, name: str) -> int:
 # ----------------------------------------------------------------------------------------------- LM
 
 
-def lm_config(size: str):
+def lm_config(size: str) -> LMConfig:
     from levo_batch.lm.config import LMConfig
 
     if size not in LM_SIZES:
@@ -120,7 +124,7 @@ def lm_config(size: str):
     return LMConfig(**LM_SIZES[size])
 
 
-def lm_specs(cfg, quantize: int | None, group_size: int) -> dict[str, TensorSpec]:
+def lm_specs(cfg: LMConfig, quantize: int | None, group_size: int) -> dict[str, TensorSpec]:
     """The tensors `levo-batch convert` writes for `cfg`: bf16, and for quantised Linear/Embedding weights
     mlx's packed uint32 `.weight` plus bf16 `.scales`/`.biases` (one per group)."""
     import mlx.core as mx
@@ -139,7 +143,7 @@ def lm_specs(cfg, quantize: int | None, group_size: int) -> dict[str, TensorSpec
     return specs
 
 
-def lm_weight(cfg, key: str, shape: tuple[int, ...], seed: int):
+def lm_weight(cfg: LMConfig, key: str, shape: tuple[int, ...], seed: int):
     """One random bf16 LM tensor. The EOS row of the three output heads is zero: its logit is then 0 while
     the other 16384 are i.i.d. Gaussian (random rows), so EOS is never the argmax nor inside codebook 0's
     top-5000 and every song runs to max_duration - a deterministic worst case."""
@@ -155,7 +159,7 @@ def lm_weight(cfg, key: str, shape: tuple[int, ...], seed: int):
     return value.astype(mx.bfloat16)
 
 
-def write_lm_checkpoint(dst: Path, cfg, *, quantize: int | None = None, group_size: int = 64, seed: int = 0,
+def write_lm_checkpoint(dst: Path, cfg: LMConfig, *, quantize: int | None = None, group_size: int = 64, seed: int = 0,
                         max_shard_bytes: int | None = None) -> Path:
     """Random MLX conversion of `cfg` in `dst` (shards named and indexed like `levo-batch convert`'s).
 
@@ -172,11 +176,15 @@ def write_lm_checkpoint(dst: Path, cfg, *, quantize: int | None = None, group_si
     dst.mkdir(parents=True, exist_ok=True)
     specs = lm_specs(cfg, quantize, group_size)
     full_shapes = used_shapes(cfg)
+    limit = max_shard_bytes or SHARD_BYTES
     shards: list[dict[str, TensorSpec]] = [{}]
+    size = 0
     for name, spec in specs.items():
-        if shards[-1] and sum(s.nbytes for s in shards[-1].values()) + spec.nbytes > (max_shard_bytes or SHARD_BYTES):
+        if shards[-1] and size + spec.nbytes > limit:
             shards.append({})
+            size = 0
         shards[-1][name] = spec
+        size += spec.nbytes
     cache: dict[str, mx.array] = {}
 
     def make(name: str) -> np.ndarray:
@@ -249,11 +257,13 @@ def tiny_decoder_geometry(fixtures: Path) -> dict:
     return {k: gpt2[k] for k in ("n_positions", "n_layer", "n_head", "n_embd", "n_inner")}
 
 
-def write_runtime(root: Path, fixtures: Path, *, tiny: bool, seed: int = 0, decoder_overrides: dict | None = None):
-    """Random runtime assets in `root`, or the ones already there when its marker says they were built the same way.
+def write_runtime(root: Path, fixtures: Path, *, tiny: bool, seed: int = 0,
+                  decoder_overrides: dict | None = None) -> tuple[RuntimePaths, bool]:
+    """Random runtime assets in `root`, or the ones already there if its marker says they were built alike.
 
-    Returns the `RuntimePaths` and whether they were reused. Tiny: the decoder_tiny fixture geometry (+ `levo_decoder.json`, with
-    `decoder_overrides` such as shorter windows); real: upstream's shapes, a ~4.4 GB septoken file.
+    Returns the `RuntimePaths` and whether they were reused. Tiny: the decoder_tiny fixture geometry (plus
+    `levo_decoder.json`, with `decoder_overrides` such as shorter windows); real: upstream's shapes, a
+    4.4 GB septoken file and a 0.7 GB VAE checkpoint.
     """
     import torch
 
@@ -296,7 +306,8 @@ EN_WORDS = ("light", "river", "night", "heart", "road", "city", "rain", "fire", 
 EN_LINES = ("I remember the {0} on the {1}", "we were running through the {0}", "hold on to the {0} tonight",
             "every {0} is a {1} to me", "you and I under the {0}", "the {0} keeps calling my name",
             "we will find the {0} again", "nothing stops the {0} and the {1}")
-ZH_CHARS = "风雨花月光夜心梦城海天星路歌爱你我他们在的是一个不了人有这中大来上为和国地到以说时要就出会可也"
+ZH_CHARS = ("风雨花月光夜心梦城海天星路歌爱你我他们在的是一个"
+            "不了人有这中大来上为和国地到以说时要就出会可也")
 GENRES = ("pop", "rock", "folk", "electronic", "r&b", "jazz", "hip-hop", "country", "ballad", "dance")
 MOODS = ("happy", "sad", "romantic", "energetic", "calm", "nostalgic", "uplifting", "dark")
 INSTRUMENTS = ("piano", "acoustic guitar", "electric guitar", "drums", "bass", "synthesizer", "strings", "violin")

@@ -189,7 +189,8 @@ def build(args: argparse.Namespace, work: Path) -> tuple[Path, object]:
             print(f"wrote LM checkpoint {ckpt} in {time.perf_counter() - start:.1f} s")
     root = work / f"runtime-{'tiny' if args.tiny else 'real'}"
     start = time.perf_counter()
-    runtime, reused = write_runtime(root, fixtures, tiny=args.tiny, decoder_overrides=TINY_DECODER if args.tiny else None)
+    overrides = TINY_DECODER if args.tiny else None
+    runtime, reused = write_runtime(root, fixtures, tiny=args.tiny, decoder_overrides=overrides)
     print(f"{'reusing' if reused else 'wrote'} runtime assets {root} ({time.perf_counter() - start:.1f} s)")
     return ckpt, runtime
 
@@ -300,8 +301,8 @@ def decoder_rows(args: argparse.Namespace, summary, t: Timings) -> list[tuple[st
     per_reference = per_song * REFERENCE_SONG_S / audio_s
     info = t.decoder_info or {}
     return [
-        ("decoder", f"device {info.get('device', '?')}, flow {info.get('dtype', '?')}, VAE {info.get('vae_dtype', '?')}, "
-                    f"batch {args.decoder_batch}", ""),
+        ("decoder", f"device {info.get('device', '?')}, flow {info.get('dtype', '?')}, "
+                    f"VAE {info.get('vae_dtype', '?')}, batch {args.decoder_batch}", ""),
         ("decoder phase", f"{t.decoder_load + t.decoder_compute:.1f} s (load {t.decoder_load:.1f} s, decode "
                           f"{t.decoder_compute:.1f} s: {per_song:.2f} s/song of {audio_s:.1f} s audio)", ""),
         ("decoder s per 150 s of audio", f"{per_reference:.2f} s",
@@ -311,6 +312,7 @@ def decoder_rows(args: argparse.Namespace, summary, t: Timings) -> list[tuple[st
 
 def report(args: argparse.Namespace, summary, t: Timings, wall: float) -> str:
     both = not (args.lm_only or args.decoder_only)
+    scope = " (LM only)" if args.lm_only else " (decoder only)" if args.decoder_only else ""
     lm = f"{'tiny' if args.tiny else args.size}, {f'{args.quantize}-bit' if args.quantize else 'bf16'} weights"
     rows = [("album", f"{args.songs} songs x {args.duration:g} s (all run to max duration: worst case)", ""),
             ("LM", f"{lm}, batch {args.batch_size}", "")]
@@ -319,9 +321,9 @@ def report(args: argparse.Namespace, summary, t: Timings, wall: float) -> str:
     album, per_hour = album_estimate(args, t, wall)
     rows += [
         ("total wall", f"{wall:.1f} s for {args.songs} songs", ""),
-        ("extrapolated 100 songs", f"{album:.1f} s ({album / 60:.1f} min)",
+        ("extrapolated 100 songs" + scope, f"{album:.1f} s ({album / 60:.1f} min)",
          verdict(args, f"<= {TARGET_ALBUM_S / 60:.0f} min", album <= TARGET_ALBUM_S) if both else ""),
-        ("songs/hour (steady, no loads)", f"{per_hour:.0f}",
+        ("songs/hour (steady, no loads)" + scope, f"{per_hour:.0f}",
          verdict(args, f">= {TARGET_SONGS_PER_HOUR:.0f}", per_hour >= TARGET_SONGS_PER_HOUR) if both else ""),
     ]
     rows += [(k, v, "") for k, v in memory_rows()]
