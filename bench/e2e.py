@@ -85,11 +85,8 @@ class TimedGenerator:
     def __init__(self, inner, timings: Timings):
         self.inner, self.timings = inner, timings
 
-    def fingerprint(self) -> dict:
-        return self.inner.fingerprint()
-
-    def max_steps(self) -> int:
-        return self.inner.max_steps()
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
     def generate(self, songs, sink) -> None:
         start = time.perf_counter()
@@ -102,21 +99,18 @@ class TimedDecoder:
 
     def __init__(self, inner, timings: Timings):
         self.inner, self.timings = inner, timings
-        self.sample_rate = inner.sample_rate
 
-    def fingerprint(self) -> dict:
-        return self.inner.fingerprint()
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
     def decode(self, songs):
-        it = iter(self.inner.decode(songs))
+        songs_out = iter(self.inner.decode(songs))
         while True:
             start = time.perf_counter()
-            try:
-                item = next(it)
-            except StopIteration:
-                self.timings.decoder_compute += time.perf_counter() - start
-                return
+            item = next(songs_out, None)
             self.timings.decoder_compute += time.perf_counter() - start
+            if item is None:
+                return
             self.timings.decoder_songs += 1
             yield item
 
@@ -129,8 +123,8 @@ class TimedStages:
         self.inner = inner
         self.timings = Timings()
 
-    def prompts(self):
-        return self.inner.prompts()
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
     def generator(self):
         start = time.perf_counter()
