@@ -82,7 +82,7 @@ def test_album_is_valid_mixed_language_input(bench, tmp_path):
 
 
 @pytest.mark.parametrize("size", ["medium", "large"])
-@pytest.mark.parametrize("bits", [None, 4])
+@pytest.mark.parametrize("bits", [None, 4, 8])
 def test_real_size_lm_specs_match_the_model(bench, size, bits):
     """What the writer would put in the file is exactly what `load_lm` expects (lazy MLX model, nothing allocated)."""
     import mlx.nn as nn
