@@ -216,7 +216,8 @@ def write_lm_checkpoint(dst: Path, cfg: LMConfig, *, quantize: int | None = None
 def decoder_weight(name: str, shape: tuple[int, ...], seed: int):
     """One random float32 tensor of the septoken model or the VAE, finite through every layer: norm scales,
     weight-norm gains and BatchNorm variances 1, biases and log-scale snake parameters 0, latent statistics
-    of a unit Gaussian, everything else Gaussian with 1/sqrt(fan-in) scale."""
+    of a unit Gaussian, a non-negative mel filterbank (MusicFM takes its log), everything else Gaussian with
+    1/sqrt(fan-in) scale."""
     import torch
 
     leaf = name.rsplit(".", 1)[-1]
@@ -228,7 +229,8 @@ def decoder_weight(name: str, shape: tuple[int, ...], seed: int):
         return torch.ones(shape)
     gen = torch.Generator().manual_seed(name_seed(seed, name))
     fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-    return torch.randn(shape, generator=gen) * fan_in**-0.5
+    value = torch.randn(shape, generator=gen) * fan_in**-0.5
+    return value.abs() if name.endswith("mel_scale.fb") else value
 
 
 def _tensor_bytes(name: str, spec: TensorSpec, seed: int) -> np.ndarray:

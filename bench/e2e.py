@@ -308,9 +308,8 @@ def report(args: argparse.Namespace, summary, t: Timings, wall: float) -> str:
     both = not (args.lm_only or args.decoder_only)
     scope = " (LM only)" if args.lm_only else " (decoder only)" if args.decoder_only else ""
     lm = f"{'tiny' if args.tiny else args.size}, {f'{args.quantize}-bit' if args.quantize else 'bf16'} weights"
-    rows = [("album", f"{args.songs} songs x {args.duration:g} s (all run to max duration: worst case)", ""),
-            ("LM", f"{lm}, batch {args.batch_size}", "")]
-    rows += [] if args.decoder_only else lm_rows(args, t)
+    rows = [("album", f"{args.songs} songs x {args.duration:g} s (all run to max duration: worst case)", "")]
+    rows += [] if args.decoder_only else [("LM", f"{lm}, batch {args.batch_size}", ""), *lm_rows(args, t)]
     rows += [] if args.lm_only else decoder_rows(args, summary, t)
     album, per_hour = album_estimate(args, t, wall)
     rows += [
