@@ -1,8 +1,9 @@
 """Random-weight checkpoints in the exact file formats the product loads, for benchmarks (no real weights needed).
 
 Speed depends on shapes, dtypes and file layout, not on weight values, so a benchmark can run the real
-loaders and kernels on random weights of the real geometry. Everything is written tensor by tensor
-(`write_safetensors` streams), so building a 10 GB LM never holds more than one tensor in memory.
+loaders and kernels on random weights of the real geometry. Safetensors files are written tensor by tensor
+(`write_safetensors` streams), so building a 10 GB LM never holds more than one tensor in memory; only the
+VAE `.ckpt` (a 0.7 GB torch pickle) is assembled in memory.
 
 - `write_lm_checkpoint`: an MLX conversion as `levo-batch convert` writes it (`config.json` + bf16 safetensors,
   sharded at 5 GB, optionally 4/8-bit quantised), for `lm_config("tiny"|"medium"|"large")`.
