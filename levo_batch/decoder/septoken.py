@@ -141,10 +141,10 @@ class SepTokenDecoder:
         vae = load_vae(vae_config, vae_weights, device, vae_dtype, parts=("decoder",))
 
         def prompt_models() -> tuple:
-            from levo_batch.prompts.septoken_encoder import SepTokenEncoder
+            from levo_batch.prompts.septoken_encoder import SepTokenEncoder, config_for
 
             return (load_vae(vae_config, vae_weights, device, torch.float32, parts=("encoder",)),
-                    SepTokenEncoder.from_state_dict(weights, device, torch.float32))
+                    SepTokenEncoder.from_state_dict(weights, device, torch.float32, config_for(septoken)))
 
         info = {"septoken": f"{septoken.name}:{septoken.stat().st_size}",
                 "vae": f"{vae_weights.name}:{vae_weights.stat().st_size}",

@@ -10,6 +10,7 @@ it). Models load lazily, once, and only when a job needs them.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +21,8 @@ import torch
 from levo_batch.audio import AudioError, prompt_window, read_audio, resample, to_stereo
 from levo_batch.prompts.autoprompt import AutoPromptLibrary
 from levo_batch.prompts.errors import PromptError
-from levo_batch.prompts.separation import SEPARATION_RATE, Separator
+from levo_batch.prompts.separation import HTDEMUCS_HPARAMS, SEPARATION_RATE, Separator
+from levo_batch.prompts.septoken_encoder import config_for
 from levo_batch.runtime import RuntimePaths
 from levo_batch.stages import SAMPLE_RATE, Prompt, PromptAudio
 from levo_batch.torch_utils import torch_device
@@ -36,6 +38,13 @@ SILENCE_RMS = 1e-4
 (division by the mix's standard deviation) would turn into noise or NaN."""
 
 
+DEMUCS_CONFIG_FILE = "levo_demucs.json"
+
+
+def _optional_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def default_cache_dir() -> Path:
     """`$XDG_CACHE_HOME/levo_batch` (else `~/.cache/levo_batch`), where separated vocal stems are kept."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "levo_batch"
@@ -46,8 +55,10 @@ class PromptPreparer:
 
     `encoder_config` is passed to the encoders' loaders (attention heads cannot be read from the weights;
     None means the real geometry) and `demucs_hparams` replaces the htdemucs geometry: both exist for
-    non-standard checkpoints such as the tiny random ones of the tests. `release()` frees the models once
-    every prompt is prepared (upstream drops them before building the LM too).
+    non-standard checkpoints such as the tiny random ones of the tests, and default to the JSON files
+    `septoken_encoder.CONFIG_FILE` beside the septoken weights and `DEMUCS_CONFIG_FILE` beside htdemucs.pth when those
+    exist (official runtimes have neither; the demucs file lists only the values that differ). `release()` frees the models once every prompt is prepared
+    (upstream drops them before building the LM too).
     """
 
     def __init__(
@@ -57,8 +68,9 @@ class PromptPreparer:
         self.runtime = runtime
         self.device = torch_device(str(device) if device is not None else None)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        self.encoder_config = encoder_config
-        self.demucs_hparams = demucs_hparams
+        self.encoder_config = encoder_config or config_for(runtime.septoken)
+        overrides = _optional_json(runtime.htdemucs.parent / DEMUCS_CONFIG_FILE)
+        self.demucs_hparams = demucs_hparams or (dict(HTDEMUCS_HPARAMS, **overrides) if overrides else None)
         self._library: AutoPromptLibrary | None = None
         self._separator: Separator | None = None
         self._encoders: tuple[RVQ1Encoder, SepTokenEncoder] | None = None

@@ -15,6 +15,7 @@ flips near-tie codes (bf16 changes ~10 % of them on the tiny random models; see 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Mapping
@@ -33,6 +34,17 @@ SEGMENT_SAMPLES = 40 * SAMPLE_RATE
 SEGMENT_FRAMES = 40 * FRAME_RATE
 BATCH_SIZE = 8
 RESAMPLE_KEY = "rsq48tobestrq.kernel"
+CONFIG_FILE = "levo_encoder.json"
+
+
+def config_for(weights: Path) -> dict | None:
+    """The conformer geometry override beside `weights`, if any.
+
+    Attention heads cannot be read off the weights; official runtimes have no such file (the real geometry is
+    the default), tiny test models ship one with their wav2vec2-conformer config.
+    """
+    path = Path(weights).parent / CONFIG_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def limit_peak(x: torch.Tensor, threshold: float = PEAK_LIMIT) -> torch.Tensor:
