@@ -166,15 +166,16 @@ def test_batched_windows_equal_alone(fixtures, flow):
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)
 
 
-def test_normfeat_partial_statistics_refused(septoken, tmp_path):
+def test_normfeat_partial_statistics_are_frozen_with_a_warning(septoken, tmp_path, caplog):
     sd = {k: septoken[k] for k in ("normfeat.counts", "normfeat.sum_x", "normfeat.sum_x2")}
     norm = LatentNorm.from_state_dict(sd)
     assert torch.allclose(norm.restore(norm.project(torch.ones(64))), torch.ones(64), atol=1e-5)
     sd["normfeat.counts"] = torch.tensor([5000.0])
     path = tmp_path / "model_2.safetensors"
     save_file(sd, str(path))
-    with pytest.raises(ValueError, match=r"model_2.safetensors: normfeat.counts is 5000"):
-        LatentNorm.from_state_dict(SafetensorsDict(path))
+    partial = LatentNorm.from_state_dict(SafetensorsDict(path))
+    assert "model_2.safetensors: normfeat.counts is 5000" in caplog.text and "frozen" in caplog.text
+    assert torch.allclose(partial.mean, sd["normfeat.sum_x"].double().div(5000).float(), atol=1e-6)
     sd["normfeat.counts"] = torch.tensor([0.0])
     assert torch.equal(LatentNorm.from_state_dict(sd).std, torch.ones(64))
 

@@ -10,6 +10,7 @@ one batch.
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -19,6 +20,8 @@ from torch import nn
 from levo_batch.decoder.estimator import GEOMETRY_HINT, LATENT_DIM, DecoderConfig, Estimator
 from levo_batch.decoder.vq import SingleVQ
 from levo_batch.decoder.weights import source_name, take
+
+log = logging.getLogger(__name__)
 
 SIGMA_MIN = 1e-4
 FROZEN_NORM_COUNT = 100_000
@@ -45,16 +48,18 @@ class LatentNorm:
 
     @classmethod
     def from_state_dict(cls, sd: Mapping[str, torch.Tensor], device: torch.device | str | None = None) -> "LatentNorm":
-        """Refuses partially accumulated statistics: upstream keeps updating them on every window then, so the
-        decoder's output would depend on how many windows it has seen."""
+        """Statistics are frozen as stored. With fewer than FROZEN_NORM_COUNT samples upstream would keep
+        updating them on every window, so its output would depend on how many windows it had seen; we keep
+        decoding reproducible instead and say so."""
         t = {k: v.double() for k, v in take(sd, "normfeat.", ["counts", "sum_x", "sum_x2"]).items()}
         count = float(t["counts"].reshape(-1)[0])
         if count < 10:
             mean, std = torch.zeros_like(t["sum_x"]), torch.ones_like(t["sum_x"])
-        elif count < FROZEN_NORM_COUNT:
-            raise ValueError(f"{source_name(sd)}: normfeat.counts is {count:g} (< {FROZEN_NORM_COUNT}); upstream "
-                             "would still be updating these statistics. Use the released septoken checkpoint.")
         else:
+            if count < FROZEN_NORM_COUNT:
+                log.warning("%s: normfeat.counts is %g (< %d): upstream would still update these latent "
+                            "statistics while decoding; levo_batch keeps them frozen (reproducible output).",
+                            source_name(sd), count, FROZEN_NORM_COUNT)
             mean = (t["sum_x"].float() / t["counts"].float())
             std = (t["sum_x2"].float() / t["counts"].float() - mean**2).clamp(min=0).sqrt()
         return cls(mean.float().to(device), std.float().to(device))
