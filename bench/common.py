@@ -168,7 +168,7 @@ def write_lm_checkpoint(dst: Path, cfg: LMConfig, *, quantize: int | None = None
     """
     import mlx.core as mx
 
-    from levo_batch.lm.convert import SHARD_BYTES, _name_shards
+    from levo_batch.lm.convert import SHARD_BYTES, name_shards
     from levo_batch.lm.loading import used_shapes
 
     if quantize not in (None, 4, 8):
@@ -205,7 +205,7 @@ def write_lm_checkpoint(dst: Path, cfg: LMConfig, *, quantize: int | None = None
     for i, shard in enumerate(shards):
         paths.append(write_safetensors(dst / f".shard-{i}.safetensors", shard, make, {"format": "mlx"}))
         weight_map.update({k: paths[-1].name for k in shard})
-    _name_shards(dst, paths, weight_map)
+    name_shards(dst, paths, weight_map)
     q = {"bits": quantize, "group_size": group_size} if quantize else None
     (dst / "config.json").write_text(json.dumps(replace(cfg, quantization=q).to_mlx(), indent=2) + "\n")
     return dst

@@ -9,8 +9,9 @@ from safetensors.torch import load_file
 
 from levo_batch.prompts.conformer import rotary_table
 from levo_batch.prompts.musicfm import CHECKPOINT_NAMES, MEL_MEAN, MEL_STD, MusicFM
+from levo_batch.audio import resample_kernel
 from levo_batch.prompts.septoken_encoder import (
-    RESAMPLE_KEY, limit_peak, resample_48k_to_24k, sinc_resample_kernel, tile_segments,
+    RESAMPLE_KEY, limit_peak, resample_48k_to_24k, tile_segments,
 )
 
 PREFIX = "bestrq.model."
@@ -60,7 +61,7 @@ def runs(request, case, w2v2):
 
 
 def test_resample_kernel_matches_torchaudio_buffer(rvq1_sd):
-    assert torch.allclose(sinc_resample_kernel(), rvq1_sd[RESAMPLE_KEY], atol=1e-7, rtol=0)
+    assert torch.allclose(resample_kernel(48000, 24000)[0], rvq1_sd[RESAMPLE_KEY], atol=1e-7, rtol=0)
 
 
 @pytest.mark.parametrize("tag", [c[0] for c in CALLS])

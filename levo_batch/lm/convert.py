@@ -91,10 +91,10 @@ def _write_shards(
         for shard in shards:
             shard.unlink(missing_ok=True)
         raise
-    _name_shards(dst, shards, weight_map)
+    name_shards(dst, shards, weight_map)
 
 
-def _name_shards(dst: Path, shards: list[Path], weight_map: dict[str, str]) -> None:
+def name_shards(dst: Path, shards: list[Path], weight_map: dict[str, str]) -> None:
     """One shard is `model.safetensors`; several are `model-0000X-of-0000N.safetensors` plus the index."""
     if len(shards) == 1:
         shards[0].rename(dst / "model.safetensors")

@@ -23,6 +23,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
+from levo_batch.audio import resample_kernel
 from levo_batch.decoder.vq import VQ_KEYS, SingleVQ
 from levo_batch.decoder.weights import SafetensorsDict
 from levo_batch.prompts.musicfm import MusicFM, no_tf32
@@ -68,24 +69,6 @@ def tile_segments(x: torch.Tensor) -> torch.Tensor:
     n_segments = x.shape[-1] // SEGMENT_SAMPLES + 1
     x = torch.cat([x, x], -1)[:, : n_segments * SEGMENT_SAMPLES]
     return x.reshape(x.shape[0], n_segments, SEGMENT_SAMPLES).transpose(0, 1)
-
-
-def sinc_resample_kernel(orig: int = 2, new: int = 1, width: int = 6, rolloff: float = 0.99) -> torch.Tensor:
-    """torchaudio's default `sinc_interp_hann` polyphase kernel `[new, 1, K]` for rates in ratio `orig:new`.
-
-    Only used when a checkpoint lacks the stored `rsq48tobestrq.kernel` (the same numbers, computed in float64).
-    """
-    g = math.gcd(orig, new)
-    orig, new = orig // g, new // g
-    base = min(orig, new) * rolloff
-    half = math.ceil(width * orig / base)
-    t = (torch.arange(0, -new, -1, dtype=torch.float64)[:, None, None] / new
-         + torch.arange(-half, half + orig, dtype=torch.float64)[None, None] / orig) * base
-    t = t.clamp(-width, width)
-    window = torch.cos(t * math.pi / width / 2) ** 2
-    t = t * math.pi
-    sinc = torch.where(t == 0, torch.ones_like(t), t.sin() / t)
-    return (sinc * window * base / orig).float()
 
 
 def resample_48k_to_24k(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -145,7 +128,7 @@ class _TokenEncoder:
         musicfm = MusicFM.from_state_dict(sd, max(cls.LAYERS), w2v2=config, device=device,
                                           dtype=dtype or torch.float32)
         vqs = [SingleVQ.from_state_dict(sd, p, device=device) for p in cls.VQ_PREFIXES]
-        kernel = sd[RESAMPLE_KEY] if RESAMPLE_KEY in sd else sinc_resample_kernel()
+        kernel = sd[RESAMPLE_KEY] if RESAMPLE_KEY in sd else resample_kernel(SAMPLE_RATE, SAMPLE_RATE // 2)[0]
         return cls(musicfm, vqs, kernel.float().to(device))
 
     @classmethod
