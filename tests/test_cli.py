@@ -85,3 +85,29 @@ def test_generate_sh_forwards_to_the_cli(tmp_path):
                            "--dry-run"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "song1: new: LM, then decode" in done.stdout and "generation type bgm" in done.stdout
+
+
+def test_download_fetches_only_inference_assets(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append((repo, kw)))
+    assert main(["download", "--runtime-dir", str(tmp_path / "rt"), "--model", "v2-large",
+                 "--ckpt-dir", str(tmp_path / "ck")]) == 0
+    (runtime_repo, runtime_kw), (model_repo, model_kw) = calls
+    assert runtime_repo == "lglg666/SongGeneration-Runtime" and runtime_kw["local_dir"] == (tmp_path / "rt").resolve()
+    assert "ckpt/model_septoken/*" in runtime_kw["allow_patterns"]
+    assert not any("encode-s12k" in p for p in runtime_kw["allow_patterns"])
+    assert model_repo == "lglg666/SongGeneration-v2-large" and model_kw["local_dir"] == tmp_path / "ck"
+    assert "new_auto_prompt.pt" in capsys.readouterr().out
+
+
+def test_convert_command_writes_a_loadable_mlx_folder(tmp_path, capsys):
+    from lm_checkpoints import write_official_checkpoint
+    from levo_batch.lm.loading import load_lm
+
+    src = write_official_checkpoint(tmp_path / "official", seed=1)
+    assert main(["convert", str(src), str(tmp_path / "mlx"), "--dtype", "fp32", "--quantize", "8"]) == 0
+    assert (tmp_path / "mlx" / "config.json").exists()
+    loaded = load_lm(tmp_path / "mlx")
+    assert loaded.source_format == "mlx" and loaded.config.quantization["bits"] == 8
