@@ -6,7 +6,7 @@ from dataclasses import replace
 import mlx.core as mx
 import numpy as np
 import pytest
-from lm_checkpoints import write_fixture_official_checkpoint
+from lm_checkpoints import write_fixture_official_checkpoint, write_official_checkpoint, write_public_mlx_checkpoint
 
 from levo_batch.lm.batch import SongSlots
 from levo_batch.lm.conditioners import banned_prompt_ids
@@ -275,3 +275,17 @@ def test_invalid_prompt_is_refused_before_any_decoding(fixtures, tiny, tok, case
     with pytest.raises(ValueError, match=r"song bad: prompt tokens must be \[1, n\]"):
         _generator(tiny, tok, GREEDY, max_duration=FIXTURE_SECONDS).generate([good, bad], sink)
     assert sink.tokens == {} and sink.steps == {}
+
+
+def test_quantised_model_generates_fresh_songs(fixtures, tok, cases, tmp_path):
+    """A fresh song has no history to embed: quantised embeddings must never see an empty array."""
+    official = write_official_checkpoint(tmp_path / "official", seed=4)
+    q4 = load_lm(write_public_mlx_checkpoint(tmp_path / "q4", official, bits=4))
+    cfg = replace(q4.config, delays=SHORT_DELAYS)
+    songs = _short_songs(fixtures, cases)[:2]
+    sink = RecordingSink()
+    _generator(q4, tok, SAMPLED, cfg, batch_size=2, max_duration=0.8).generate(songs, sink)
+    for song in songs:
+        tokens = sink.tokens[song.idx]
+        assert tokens.dtype == np.int64 and tokens.shape[0] == 3 and 0 < tokens.shape[1] <= 20
+        assert sink.steps[song.idx][0] == (1, 24)

@@ -150,12 +150,7 @@ class SongSlots:
         # step still reads.
         mx.eval(self._state())
         fed = columns.shape[1] - 1
-        history = mx.array(columns[None, :, :fed].astype(np.int32))
-        x1, x2 = self.model.embed_codes(history)
-        _, _, kv1, kv2 = self.model.prefill(
-            mx.concatenate([prefix1, mx.broadcast_to(x1, (2, *x1.shape[1:])).astype(prefix1.dtype)], axis=1),
-            mx.concatenate([prefix2, mx.broadcast_to(x2, (2, *x2.shape[1:])).astype(prefix2.dtype)], axis=1),
-        )
+        _, _, kv1, kv2 = self.model.prefill(*self._streams(prefix1, prefix2, columns[:, :fed]))
         rows = slice(2 * slot, 2 * slot + 2)
         for caches, kv in ((self.caches1, kv1), (self.caches2, kv2)):
             for cache, (k, v) in zip(caches, kv):
@@ -175,6 +170,15 @@ class SongSlots:
         self.host_col[slot] = fed
         self._next_owner += 1
         return self.owners[slot]
+
+    def _streams(self, prefix1: mx.array, prefix2: mx.array, history: np.ndarray) -> tuple[mx.array, mx.array]:
+        """The prefix streams followed by the embedded history columns, if any: a fresh song has none, and
+        embedding an empty array breaks quantised embeddings (MLX cannot reshape an empty array)."""
+        if history.shape[1] == 0:
+            return prefix1, prefix2
+        x1, x2 = self.model.embed_codes(mx.array(history[None].astype(np.int32)))
+        return tuple(mx.concatenate([p, mx.broadcast_to(x, (2, *x.shape[1:])).astype(p.dtype)], axis=1)
+                     for p, x in ((prefix1, x1), (prefix2, x2)))
 
     def _window_counts(self, columns: np.ndarray) -> np.ndarray:
         """Penalty counts of the columns the next step sees: the last `window` written (never column 0)."""
