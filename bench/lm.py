@@ -35,15 +35,16 @@ WARMUP = 5
 
 
 def build_model(cfg: LMConfig, dtype: str) -> LeVoLM:
-    """Random model in `dtype` (fp32, bf16, q4, q8); parameters are created lazily and evaluated one at a time,
-    so the float32 initialisation of a 5-billion-parameter model is never held whole."""
+    """Random model in `dtype` (fp32, bf16, q4, q8), projections fused as `MLXTokenGenerator` fuses them;
+    parameters are created lazily and evaluated one at a time, so the float32 initialisation of a
+    5-billion-parameter model is never held whole."""
     model = LeVoLM(cfg)
     model.set_dtype(mx.float32 if dtype == "fp32" else mx.bfloat16)
     if dtype.startswith("q"):
         nn.quantize(model, group_size=64, bits=int(dtype[1:]))
     for _, value in tree_flatten(model.parameters()):
         mx.eval(value)
-    return model
+    return model.fuse_projections()
 
 
 def time_row(model: LeVoLM, cfg: LMConfig, batch: int, steps: int, position: int, timesteps: int,

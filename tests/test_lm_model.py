@@ -94,13 +94,17 @@ def test_cached_steps_at_different_positions_match_teacher_forcing(fixtures, tin
 
 
 @pytest.fixture(scope="module")
-def random64(tmp_path_factory):
-    """A random model with dims divisible by 64 (quantisation groups), official layout, and its 4/8-bit twins."""
+def random64_dirs(tmp_path_factory):
+    """A random checkpoint with dims divisible by 64 (quantisation groups), official layout, and its 4/8-bit twins."""
     root = tmp_path_factory.mktemp("lm64")
     official = write_official_checkpoint(root / "official", seed=3)
-    return {bits: load_lm(official if bits is None else write_public_mlx_checkpoint(root / f"q{bits}", official,
-                                                                                      bits=bits))
+    return {bits: official if bits is None else write_public_mlx_checkpoint(root / f"q{bits}", official, bits=bits)
             for bits in (None, 8, 4)}
+
+
+@pytest.fixture(scope="module")
+def random64(random64_dirs):
+    return {bits: load_lm(path) for bits, path in random64_dirs.items()}
 
 
 QUANT_BOUND = {8: 0.05, 4: 0.5}
@@ -173,3 +177,26 @@ def test_quantised_kv_cache_settings_are_checked():
         make_caches(1, 2, 2, 8, 24, mx.float32, kv_bits=8)
     with pytest.raises(ValueError, match="got kv_bits=4"):
         make_caches(1, 2, 2, 8, 64, mx.float32, kv_bits=4)
+
+
+@pytest.mark.parametrize("bits", [None, 4])
+def test_fused_projections_change_nothing(random64_dirs, bits):
+    """Output-axis concatenation is exact, quantised (groups run along the input axis) or not."""
+    plain, fused = (load_lm(random64_dirs[bits]) for _ in range(2))
+    fused.model.fuse_projections().fuse_projections()
+    names = {k.rsplit(".", 1)[0] for k, _ in tree_flatten(fused.model.parameters())}
+    assert {"transformer2.model.layers.0.self_attn.qkv_proj", "transformer.model.layers.1.mlp.gate_up_proj"} <= names
+    assert not {n.rsplit(".", 1)[1] for n in names} & {"q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"}
+    cfg = plain.config
+    gen = np.random.default_rng(4)
+    prefix = [mx.array(gen.standard_normal((2, cfg.prefix_len, cfg.dim)).astype(np.float32)) for _ in range(2)]
+    codes = mx.array(gen.integers(0, cfg.code_size, (2, 3, 5)).astype(np.int32))
+    np.testing.assert_allclose(np.array(fused.model(*prefix, codes)), np.array(plain.model(*prefix, codes)),
+                               atol=1e-6, rtol=1e-6)
+    seqs = []
+    for loaded in (plain, fused):
+        slots = SongSlots(loaded.model, cfg, SamplingParams(greedy=True), 1, 8)
+        slots.insert(0, *prefix, np.zeros(0, dtype=np.int32), 0, np.full((3, 1), cfg.special_id, dtype=np.int32),
+                     np.zeros(3, dtype=bool))
+        seqs.append(np.array([slots.step().seq for _ in range(8)][-1]))
+    assert np.array_equal(seqs[0], seqs[1]) and (seqs[0][0, 0, 1:9] < cfg.code_size).all()

@@ -47,15 +47,16 @@ class MLXTokenGenerator:
     def __init__(self, model: LeVoLM, cfg: LMConfig, tokenizers: TextTokenizers, *, model_id: str,
                  sampling: SamplingParams, batch_size: int = 8, max_duration: float | None = None,
                  checkpoint_every: int = 250, kv_bits: int | None = None):
-        """`kv_bits` 8 stores the attention caches quantised (see `levo_batch.lm.cache`): faster and
-        smaller at large batches, not bit-faithful to upstream; None keeps them in the model's dtype."""
+        """Fuses `model`'s projections in place (`LeVoLM.fuse_projections`), so hand it a model loaded for
+        generation only. `kv_bits` 8 stores the attention caches quantised (see `levo_batch.lm.cache`): faster
+        and smaller at large batches, not bit-faithful to upstream; None keeps them in the model's dtype."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         duration = cfg.max_dur if max_duration is None else max_duration
         self.timesteps = int(duration * cfg.frame_rate)
         if self.timesteps < 1:
             raise ValueError(f"max_duration {duration} s gives no audio frame at {cfg.frame_rate} Hz")
-        self.model, self.cfg, self.tokenizers = model, cfg, tokenizers
+        self.model, self.cfg, self.tokenizers = model.fuse_projections(), cfg, tokenizers
         self.model_id, self.sampling = model_id, sampling.with_cfg_coef(cfg.cfg_coef)
         self.batch_size, self.checkpoint_every = batch_size, checkpoint_every
         if kv_bits is not None:

