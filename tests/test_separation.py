@@ -111,5 +111,5 @@ def test_load_errors(model_files, tmp_path, monkeypatch):
     with pytest.raises(SeparationError, match=r"htdemucs\.pth does not match the htdemucs architecture: .*re-download"):
         Separator.load(pth, yaml_path, device=CPU)  # tiny weights, real geometry
     monkeypatch.setitem(sys.modules, "demucs.htdemucs", None)
-    with pytest.raises(SeparationError, match=r"needs the `demucs` package .*pip install 'levo-batch\[prompt\]'"):
+    with pytest.raises(SeparationError, match=r"needs the `demucs` package .*pip install demucs"):
         Separator.load(pth, yaml_path, device=CPU, hparams=TINY)
