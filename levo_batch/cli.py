@@ -84,8 +84,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from .backends import DefaultStages, GenerationSettings
+    from .errors import LevoError
     from .jobs import JobsError
-    from .lock import LockHeldError
     from .pipeline import RunOptions, run
     from .progress import log, setup_logging
     from .runtime import RuntimePaths
@@ -113,10 +113,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except JobsError as exc:
         log(str(exc))
         return EXIT_USAGE
-    except LockHeldError as exc:
-        log(f"error: {exc}")
-        return EXIT_USAGE
-    except FileNotFoundError as exc:
+    except (LevoError, FileNotFoundError) as exc:
         log(f"error: {exc}")
         return EXIT_USAGE
     except BaseException as exc:

@@ -19,6 +19,7 @@ from typing import NoReturn
 import orjson
 import soundfile
 
+from .errors import LevoError
 from .text import AUTO_PROMPT_TYPES, lyric_issues
 
 FIELDS = ("idx", "gt_lyric", "descriptions", "prompt_audio_path", "auto_prompt_audio_type")
@@ -60,7 +61,7 @@ class Problem:
         return f"{self.path}:{self.line}: {self.field}: {self.message}"
 
 
-class JobsError(ValueError):
+class JobsError(LevoError, ValueError):
     """The input file cannot be run; `problems` holds every error and warning found."""
 
     def __init__(self, problems: list[Problem], *, strict: bool = False):

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import orjson
 
+from .errors import LevoError
+
 try:
     import fcntl
 except ImportError:  # Windows: O_EXCL plus the PID check still keep concurrent runs apart.
@@ -31,7 +33,7 @@ _SETTLE_S = 2.0
 log = logging.getLogger(__name__)
 
 
-class LockHeldError(RuntimeError):
+class LockHeldError(LevoError, RuntimeError):
     """Another run (alive, or not provably dead) holds the SAVE_DIR."""
 
 

@@ -36,6 +36,7 @@ from typing import BinaryIO, Callable, Literal, Mapping
 import numpy as np
 import orjson
 
+from levo_batch.errors import LevoError
 from levo_batch.lock import pid_alive
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ def _differences(old: object, new: object, prefix: str = "") -> list[str]:
     return [f"{prefix.rstrip('.')}: {short(old)} -> {short(new)}"]
 
 
-class StaleRecordError(RuntimeError):
+class StaleRecordError(LevoError, RuntimeError):
     """A finished record exists but was made with different settings (raised only by a strict store)."""
 
 

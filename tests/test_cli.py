@@ -111,3 +111,17 @@ def test_convert_command_writes_a_loadable_mlx_folder(tmp_path, capsys):
     assert (tmp_path / "mlx" / "config.json").exists()
     loaded = load_lm(tmp_path / "mlx")
     assert loaded.source_format == "mlx" and loaded.config.quantization["bits"] == 8
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    from levo_batch.lock import RunLock
+
+    good = tmp_path / "ok.jsonl"
+    good.write_text(json.dumps({"idx": "a", "gt_lyric": LYRIC}) + "\n")
+    (tmp_path / "ck").mkdir()
+    (tmp_path / "out").mkdir()
+    with RunLock(tmp_path / "out"):
+        assert main(["generate", str(tmp_path / "ck"), str(good), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"pid {os.getpid()}" in err.lower() or str(os.getpid()) in err
+    assert "Traceback" not in err

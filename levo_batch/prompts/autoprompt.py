@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from levo_batch.errors import LevoError
 from levo_batch.prompts.errors import PromptError
 from levo_batch.store import atomic_write
 from levo_batch.text import lyric_language
@@ -27,7 +28,7 @@ _KEY_SEP = "|"
 """npz member names are `genre|lang|index`; genres contain `/` and `&` but never `|`."""
 
 
-class AutoPromptError(ValueError):
+class AutoPromptError(LevoError, ValueError):
     """The auto-prompt library file is missing, unsafe or not in upstream's layout.
 
     Not a PromptError on purpose: it concerns every auto-prompt job, so the run stops before the LM phase

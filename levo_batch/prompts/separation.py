@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from levo_batch.audio import to_stereo
+from levo_batch.errors import LevoError
 from levo_batch.outputs import to_pcm16
 from levo_batch.store import atomic_write_bytes
 
@@ -64,7 +65,7 @@ _CACHE_VERSION = "htdemucs-vocal-v1"
 """Bump when the separation recipe changes, so old cache entries are not reused."""
 
 
-class SeparationError(RuntimeError):
+class SeparationError(LevoError, RuntimeError):
     """The separation model cannot be loaded (missing package, wrong weights file)."""
 
 
