@@ -277,14 +277,16 @@ def test_invalid_prompt_is_refused_before_any_decoding(fixtures, tiny, tok, case
     assert sink.tokens == {} and sink.steps == {}
 
 
-def test_quantised_model_generates_fresh_songs(fixtures, tok, cases, tmp_path):
-    """A fresh song has no history to embed: quantised embeddings must never see an empty array."""
-    official = write_official_checkpoint(tmp_path / "official", seed=4)
+@pytest.mark.parametrize("kv_bits", [None, 8])
+def test_quantised_model_generates_fresh_songs(fixtures, tok, cases, tmp_path, kv_bits):
+    """A fresh song has no history to embed: quantised embeddings must never see an empty array (three songs
+    through two slots: first fills and a refill, with and without prompts), with float or 8-bit caches."""
+    official = write_official_checkpoint(tmp_path / "official", {"lm": {"num_heads": 2}}, seed=4)
     q4 = load_lm(write_public_mlx_checkpoint(tmp_path / "q4", official, bits=4))
     cfg = replace(q4.config, delays=SHORT_DELAYS)
-    songs = _short_songs(fixtures, cases)[:2]
+    songs = _short_songs(fixtures, cases)
     sink = RecordingSink()
-    _generator(q4, tok, SAMPLED, cfg, batch_size=2, max_duration=0.8).generate(songs, sink)
+    _generator(q4, tok, SAMPLED, cfg, batch_size=2, max_duration=0.8, kv_bits=kv_bits).generate(songs, sink)
     for song in songs:
         tokens = sink.tokens[song.idx]
         assert tokens.dtype == np.int64 and tokens.shape[0] == 3 and 0 < tokens.shape[1] <= 20

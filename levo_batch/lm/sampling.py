@@ -110,7 +110,9 @@ def choose(logits: mx.array, seeds: mx.array, steps: mx.array, params: SamplingP
     vocab = first.shape[-1]
     scores = first / params.temperature + gumbel_noise(seeds, steps, vocab)
     if 0 < params.top_k < vocab:
-        kth = mx.min(mx.topk(first, params.top_k, axis=-1), axis=-1, keepdims=True)
+        # The k-th largest logit straight from one partition (no top-k copy and reduction after it).
+        split = vocab - params.top_k
+        kth = mx.partition(first, split, axis=-1)[:, split : split + 1]
         scores = mx.where(first >= kth, scores, -mx.inf)
     drawn = mx.argmax(scores, axis=-1).astype(mx.int32)
     return mx.concatenate([drawn[:, None], best[:, 1:]], axis=1)
