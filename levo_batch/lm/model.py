@@ -197,13 +197,15 @@ class LeVoLM(nn.Module):
 
         Call it after loading, on models built for generation: the fused parameters no longer carry upstream's
         names, so save or convert the model before fusing. Evaluates block by block, so at most one block's
-        weights exist twice at a time.
+        weights exist twice at a time, and hands the replaced buffers back to the device at the end (MLX would
+        keep them cached: two thirds of the model in device memory that large batches need for their caches).
         """
         for body in (self.transformer.model, self.transformer2.model):
             for layer in body.layers:
                 layer.self_attn.fuse()
                 layer.mlp.fuse()
                 mx.eval(layer.parameters())
+        mx.clear_cache()
         return self
 
     def embed_codes(self, codes: mx.array) -> tuple[mx.array, mx.array]:
