@@ -9,7 +9,10 @@ Every row attends the same cache prefix (`StepContext.length`, the furthest row'
 with its later slots masked: MLX has no per-row-length attention. Songs that start together stay aligned,
 so this only costs when a batch mixes songs at very different steps. On CUDA (MLX 0.32) neither the fused
 decode kernel nor cuDNN accepts an array mask, so this attention runs unfused (two matmuls and a softmax):
-the same memory traffic, a few more launches per layer.
+the same memory traffic, a few more launches per layer. There q·Kᵀ runs as MLX's batched GEMV but probs·V as
+a cuBLAS GEMM with one row; leaving the mask out would not be exact even when all rows are aligned (the
+bucket's slots past the position would still get softmax weight), so the remaining step is a decode kernel
+that takes per-row lengths.
 
 At large batches decoding is bound by reading keys and values (LeVo 2 has no grouped KV heads: about
 1.2 GB per row per step mid-song for v2-large in bf16), so `QuantizedKVCache` stores them in 8 bits with
