@@ -67,8 +67,11 @@ def test_hidden_states_match_upstream(fixtures, tiny):
     assert len(kv1) == 3 and len(kv2) == 2 and kv1[0][0].shape == (2, 2, 956, 6)
 
 
-def test_cached_steps_at_different_positions_match_teacher_forcing(fixtures, tiny):
-    """Two songs in one cache, one two columns ahead: per-row RoPE offsets, cache writes and masks."""
+@pytest.mark.parametrize("fused_attention", [True, False], ids=["fused-attention", "cuda-attention"])
+def test_cached_steps_at_different_positions_match_teacher_forcing(fixtures, tiny, monkeypatch, fused_attention):
+    """Two songs in one cache, one two columns ahead: per-row RoPE offsets, cache writes and masks, through MLX's
+    attention and through the hand-written masked attention used on CUDA."""
+    monkeypatch.setattr("levo_batch.lm.cache.masked_fused_decode", lambda: fused_attention)
     model, cfg = tiny.model, tiny.config
     jobs = [_arrays(fixtures, "en_desc_noprompt"), _arrays(fixtures, "bgm_longdesc")]
     capacity = cfg.prefix_len + 8

@@ -9,10 +9,11 @@ Every row attends the same cache prefix (`StepContext.length`, the furthest row'
 with its later slots masked: MLX has no per-row-length attention. Songs that start together stay aligned,
 so this only costs when a batch mixes songs at very different steps. On CUDA (MLX 0.32) neither the fused
 decode kernel nor cuDNN accepts an array mask, so this attention runs unfused (two matmuls and a softmax):
-the same memory traffic, a few more launches per layer. There q·Kᵀ runs as MLX's batched GEMV but probs·V as
-a cuBLAS GEMM with one row; leaving the mask out would not be exact even when all rows are aligned (the
-bucket's slots past the position would still get softmax weight), so the remaining step is a decode kernel
-that takes per-row lengths.
+the same memory traffic, a few more launches per layer. We write those ops ourselves there, to fold the
+score scale into the masking kernel (MLX's fallback scales q in a kernel of its own). q·Kᵀ then runs as MLX's
+batched GEMV but probs·V as a cuBLAS GEMM with one row; leaving the mask out would not be exact even when all
+rows are aligned (the bucket's slots past the position would still get softmax weight), so the remaining step
+is a decode kernel that takes per-row lengths.
 
 At large batches decoding is bound by reading keys and values (LeVo 2 has no grouped KV heads: about
 1.2 GB per row per step mid-song for v2-large in bf16), so `QuantizedKVCache` stores them in 8 bits with
@@ -47,6 +48,18 @@ class StepContext:
         return cls(positions=positions, mask=mask, length=length)
 
 
+def masked_fused_decode() -> bool:
+    """Whether MLX's attention decodes with an array mask in one kernel: on Metal it does (and the CPU has no
+    launches to save), on CUDA it falls back to separate scale, matmul, mask, softmax and matmul ops."""
+    return not (mx.default_device() == mx.gpu and mx.cuda.is_available())
+
+
+def _masked_probs(scores: mx.array, mask: mx.array, scale: float) -> mx.array:
+    """Raw scores -> attention weights in the scores' dtype; scale and mask compile into one kernel, and the
+    precise softmax accumulates in float32 without a cast kernel around it."""
+    return mx.softmax(mx.where(mask, scores * scale, -mx.inf), axis=-1, precise=True)
+
+
 def _write(buffer: mx.array, value: mx.array, ctx: StepContext) -> mx.array:
     return mx.put_along_axis(buffer, ctx.positions[:, None, None, None], value.astype(buffer.dtype), axis=2)
 
@@ -74,7 +87,9 @@ class KVCache:
         """Store one token per row at its own position, then attend over the cache prefix."""
         self.keys, self.values = _write(self.keys, k, ctx), _write(self.values, v, ctx)
         keys, values = self.keys[:, :, : ctx.length], self.values[:, :, : ctx.length]
-        return mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=ctx.mask)
+        if masked_fused_decode():
+            return mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=ctx.mask)
+        return _masked_probs(q @ keys.swapaxes(-1, -2), ctx.mask, scale) @ values
 
     def insert(self, rows: slice, k: mx.array, v: mx.array) -> None:
         """Place a prefilled sequence (positions 0..n-1) into some rows, e.g. a new song's slot."""
@@ -117,9 +132,7 @@ class QuantizedKVCache:
         quant = dict(group_size=self.group_size, bits=self.bits)
         keys = [a[:, :, : ctx.length] for a in self.keys]
         values = [a[:, :, : ctx.length] for a in self.values]
-        scores = mx.quantized_matmul(q * scale, *keys, transpose=True, **quant)
-        scores = mx.where(ctx.mask, scores.astype(mx.float32), -mx.inf)
-        probs = mx.softmax(scores, axis=-1).astype(q.dtype)
+        probs = _masked_probs(mx.quantized_matmul(q, *keys, transpose=True, **quant), ctx.mask, scale)
         return mx.quantized_matmul(probs, *values, transpose=False, **quant)
 
     def insert(self, rows: slice, k: mx.array, v: mx.array) -> None:
