@@ -86,14 +86,20 @@ class Attention(nn.Module):
             qkv = self.qkv_proj(x)
         else:
             qkv = mx.concatenate([self.q_proj(x), self.k_proj(x), self.v_proj(x)], axis=-1)
-        qkv = qkv.reshape(n, s, 3 * h, self.head_dim).transpose(0, 2, 1, 3)
+        if s == 1:
+            # Decoding: a plain reshape already is heads-major and keeps natural strides; a transpose would leave
+            # the size-1 axis its old stride, which MLX CUDA's matmul reads as non-contiguous and copies.
+            qkv = qkv.reshape(n, 3 * h, 1, self.head_dim)
+        else:
+            qkv = qkv.reshape(n, s, 3 * h, self.head_dim).transpose(0, 2, 1, 3)
         qk = mx.fast.rope(qkv[:, : 2 * h], self.head_dim, traditional=False, base=self.rope_theta, scale=1.0,
                           offset=offset)
         return qk[:, :h], qk[:, h:], qkv[:, 2 * h :]
 
     def _out(self, residual: mx.array, o: mx.array) -> mx.array:
         n, _, s, _ = o.shape
-        return add_projection(residual, self.o_proj, o.transpose(0, 2, 1, 3).reshape(n, s, -1))
+        o = o.reshape(n, 1, -1) if s == 1 else o.transpose(0, 2, 1, 3).reshape(n, s, -1)
+        return add_projection(residual, self.o_proj, o)
 
     def prefill(self, residual: mx.array, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         """`residual` plus attention over `x` from position 0, and the keys and values."""
