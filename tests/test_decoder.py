@@ -20,13 +20,7 @@ SEPARATE_PREFIX = {"vocal": "d0_", "bgm": "d1_", "main": "d2_"}
 KIND_STEM = {"vocal": "vocal", "bgm": "bgm", "mixed": "main"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The shared 2-core test machine is oversubscribed; one intra-op thread avoids spin-wait collapse."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_runtime(root, fixtures, **overrides) -> RuntimePaths:

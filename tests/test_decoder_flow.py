@@ -16,13 +16,7 @@ from levo_batch.decoder.windows import (SongWindows, WindowPlan, advance, crossf
 TINY = DecoderConfig(n_layer=2, n_head=4, n_embd=216, n_inner=432)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The shared 2-core test machine is oversubscribed; one intra-op thread avoids spin-wait collapse."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """MusicFM against upstream's recorded internals (encoder_tiny fixture: mel, subsampler, conformer layers)."""
 
-import json
 
 import numpy as np
 import pytest
@@ -19,13 +18,8 @@ TOL = dict(atol=1e-4, rtol=1e-4)
 
 
 @pytest.fixture(scope="module")
-def case(fixtures):
-    return dict(np.load(fixtures / "encoder_tiny" / "encode_case.npz"))
-
-
-@pytest.fixture(scope="module")
-def w2v2(fixtures):
-    return json.loads((fixtures / "encoder_tiny" / "w2v2_config_tiny.json").read_text())
+def case(encode_case):
+    return encode_case
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """Prompt audio -> LM prompt codes (rows 0, 1, 2) against upstream's `sound2code` on the tiny checkpoints."""
 
-import json
 
 import numpy as np
 import pytest
@@ -17,13 +16,8 @@ RVQ1_FILE = ("encoder_tiny", "rvq1_model.safetensors")
 
 
 @pytest.fixture(scope="module")
-def case(fixtures):
-    return dict(np.load(fixtures / "encoder_tiny" / "encode_case.npz"))
-
-
-@pytest.fixture(scope="module")
-def w2v2(fixtures):
-    return json.loads((fixtures / "encoder_tiny" / "w2v2_config_tiny.json").read_text())
+def case(encode_case):
+    return encode_case
 
 
 @pytest.fixture(scope="module")
