@@ -122,8 +122,8 @@ def main() -> None:
                     gc.collect()
                     mx.clear_cache()
                 print(f"{size:<7}{dtype:<6}{kv:<5}{batch:>6}{r['ms_step']:>10.2f}{r['steps_s']:>9.1f}"
-                      f"{r['songs_h']:>9.0f}{r['songs_h_prefill']:>10.0f}{r['prefill_ms']:>11.1f}{r['peak_gib']:>10.2f}",
-                      flush=True)
+                      f"{r['songs_h']:>9.0f}{r['songs_h_prefill']:>10.0f}{r['prefill_ms']:>11.1f}"
+                      f"{r['peak_gib']:>10.2f}", flush=True)
             del model
             gc.collect()
             mx.clear_cache()
