@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from levo_batch.decoder.estimator import TIME_FREQ_DIM, DecoderConfig
-from levo_batch.decoder.flow import FlowDecoder
+from levo_batch.decoder.flow import CompiledOrEager, FlowDecoder
 from levo_batch.decoder.septoken import SepTokenDecoder, default_flow_dtype
 from levo_batch.decoder.vae import OobleckVAE, VAEConfig
 from levo_batch.runtime import RuntimePaths
@@ -129,7 +129,7 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
         if args.layers is not None:
             raise SystemExit("--layers only applies to random weights (drop --runtime)")
         decoder = SepTokenDecoder.load(RuntimePaths.resolve(args.runtime), device=device, dtype=dtype,
-                                       vae_dtype=DTYPES[args.vae_dtype])
+                                       vae_dtype=DTYPES[args.vae_dtype], compile=False)
         decoder.flow.cfg = decoder.cfg = replace(decoder.cfg, **overrides)
         return decoder
     cfg = replace(DecoderConfig(), **overrides)
@@ -160,7 +160,8 @@ def compare_precision(decoder: SepTokenDecoder, args: argparse.Namespace, device
     ours = decoder.flow.sample(codes[0], codes[1], context, incontext, noise)
     ref = reference.sample(codes[0], codes[1], context, incontext, noise)
     rel = ((ours - ref).norm() / ref.norm()).item()
-    print(f"precision: latents {str(decoder.flow.estimator.proj_out.weight.dtype)[6:]} vs float32 on one window: max abs "
+    flow_dtype = next(p.dtype for n, p in decoder.flow.named_parameters() if n.endswith("proj_out.weight"))
+    print(f"precision: latents {str(flow_dtype)[6:]} vs float32 on one window: max abs "
           f"{(ours - ref).abs().max().item():.3e}, relative L2 {rel:.3e} ({-20 * math.log10(max(rel, 1e-12)):.1f} dB)")
 
 
@@ -190,7 +191,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="estimator blocks (real: 16; CPU smoke only)")
     parser.add_argument("--vae-channels", type=int, default=128, help="VAE base width of the random model")
     parser.add_argument("--runtime", type=Path, default=None, help="runtime folder with (real) weights")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the estimator (opt-in, experimental)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the estimator (default: on CUDA, as the product does)")
     parser.add_argument("--compare", action="store_true", help="also report the flow's drift against float32")
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                         help="decode one window per song first (kernel selection, allocator)")
@@ -202,8 +204,8 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     start = time.perf_counter()
     decoder = build(args, device, dtype)
-    if args.compile:
-        decoder.flow.estimator.compile(dynamic=False)
+    if args.compile if args.compile is not None else device.type == "cuda":
+        decoder.flow.estimator = CompiledOrEager(decoder.flow.estimator)
     print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}) "
           f"flow={str(dtype)[6:]} vae={args.vae_dtype} layers={decoder.cfg.n_layer} steps={decoder.cfg.num_steps} "
           f"gen_type={args.gen_type} built in {time.perf_counter() - start:.1f} s")

@@ -32,6 +32,7 @@ class GenerationSettings:
     checkpoint_every: int = 100
     device: str | None = None
     lm_dtype: str | None = None
+    decoder_compile: bool | None = None
 
     def lm_load_dtype(self) -> str | None:
         """bf16 on an MLX GPU (upstream runs its LM in fp16 on CUDA), stored precision on the CPU."""
@@ -97,4 +98,4 @@ class DefaultStages:
 
             mx.clear_cache()
         return SepTokenDecoder.load(s.runtime, device=s.device, batch_size=1 if s.low_mem else s.decoder_batch,
-                                    prompt_on_stems=not s.low_mem)
+                                    prompt_on_stems=not s.low_mem, compile=s.decoder_compile)

@@ -74,6 +74,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                         "being regenerated")
     g.add_argument("--runtime-dir", type=Path, default=None,
                    help="upstream runtime assets (default $LEVO_RUNTIME_DIR or ./third_party/SongGeneration)")
+    g.add_argument("--decoder-compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the decoder's flow transformer (default: on with CUDA; falls back to "
+                        "eager mode if compiling fails)")
     g.add_argument("--lm-dtype", choices=("bf16", "fp16", "fp32"), default=None,
                    help="LM weight precision (default: bf16 on a GPU, the checkpoint's own on the CPU; "
                         "quantised checkpoints keep their bits)")
@@ -107,7 +110,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         low_mem=args.low_mem, batch_size=args.batch_size, decoder_batch=args.decoder_batch,
         max_duration=args.max_duration, temperature=args.temperature, top_k=args.top_k,
         cfg_coef=args.cfg_coef, greedy=args.greedy, checkpoint_every=args.checkpoint_every,
-        device=args.device, lm_dtype=args.lm_dtype)
+        device=args.device, lm_dtype=args.lm_dtype,
+        decoder_compile=args.decoder_compile)
     try:
         summary = run(opts, DefaultStages(settings))
     except JobsError as exc:

@@ -223,3 +223,20 @@ def test_vae_prefix_on_the_chunk_grid():
     # from frame 888 on; a prefix ending at 992 is exact up to there only
     assert vae_prefix(1000, 880, 128, 32) == 896
     assert vae_prefix(1000, 888, 128, 32) == 992 and vae_prefix(1000, 889, 128, 32) == 1000
+
+
+def test_compiled_estimator_falls_back_to_eager(monkeypatch, caplog):
+    from levo_batch.decoder.flow import CompiledOrEager
+
+    def broken(module, **kw):
+        def fail(*args):
+            raise RuntimeError("no triton here")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken)
+    layer = torch.nn.Linear(3, 2)
+    guarded = CompiledOrEager(layer)
+    x = torch.ones(1, 3)
+    assert torch.equal(guarded(x), layer(x)) and guarded.failed
+    assert "no triton here" in caplog.text
+    assert torch.equal(guarded(x), layer(x))

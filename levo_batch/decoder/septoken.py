@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from levo_batch.decoder.estimator import LATENT_DIM, DecoderConfig
-from levo_batch.decoder.flow import FlowDecoder, seeded_noise
+from levo_batch.decoder.flow import CompiledOrEager, FlowDecoder, seeded_noise
 from levo_batch.decoder.weights import SafetensorsDict
 from levo_batch.decoder.windows import SAMPLES_PER_FRAME, SongWindows, WindowJob, WindowPlan, advance, render
 from levo_batch.runtime import RuntimePaths
@@ -123,10 +123,11 @@ class SepTokenDecoder:
     @classmethod
     def load(cls, runtime: RuntimePaths, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
              batch_size: int = 4, prompt_on_stems: bool = True,
-             vae_dtype: torch.dtype = torch.float32) -> "SepTokenDecoder":
+             vae_dtype: torch.dtype = torch.float32, compile: bool | None = None) -> "SepTokenDecoder":
         """Read the septoken safetensors (decoder tensors only) and the VAE decoder from the runtime folder.
 
         The flow runs in `dtype` (default `default_flow_dtype`), the VAE in `vae_dtype` (float32 like upstream).
+        `compile` wraps the estimator in `torch.compile` (default: on CUDA only, where it is well supported).
         """
         from levo_batch.decoder.vae import load_vae
 
@@ -138,6 +139,8 @@ class SepTokenDecoder:
         cfg = DecoderConfig.for_weights(septoken)
         weights = SafetensorsDict(septoken)
         flow = FlowDecoder.from_state_dict(weights, cfg, device=device, dtype=dtype)
+        if compile if compile is not None else device.type == "cuda":
+            flow.estimator = CompiledOrEager(flow.estimator)
         vae = load_vae(vae_config, vae_weights, device, vae_dtype, parts=("decoder",))
 
         def prompt_models() -> tuple:
