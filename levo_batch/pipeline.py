@@ -131,22 +131,29 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
 
 
 def print_plan(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...]) -> None:
-    store_dir = opts.save_dir / "tokens"
     for job in jobs:
-        if not opts.overwrite and is_done(opts.save_dir, job.idx, stems):
-            state = "audio present: skip"
-        elif (store_dir / f"{job.idx}.npz").exists():
-            state = "tokens present: decode (checked against the model at run time)"
-        elif (store_dir / f"{job.idx}.partial.npz").exists():
-            state = "partial tokens: resume LM, then decode"
-        else:
-            state = "new: LM, then decode"
-        if opts.tokens_only and "decode" in state:
-            state = state.replace(", then decode", "").replace("decode", "nothing to do (--tokens-only)")
         prompt = ("prompt audio" if job.prompt_audio_path else
                   f"auto prompt {job.auto_prompt_audio_type}" if job.auto_prompt_audio_type else "no prompt")
-        print(f"{job.idx}: {state} [{prompt}]")
+        print(f"{job.idx}: {planned_work(job, opts, stems)} [{prompt}]")
     print(f"{len(jobs)} jobs, generation type {opts.gen_type}, output {opts.save_dir}")
+
+
+def planned_work(job: Job, opts: RunOptions, stems: tuple[str, ...]) -> str:
+    """What a run would do for `job`, judged from the files alone (fingerprints need the model)."""
+    if not opts.overwrite and is_done(opts.save_dir, job.idx, stems):
+        return "audio present: skip"
+    tokens = opts.save_dir / "tokens" / f"{job.idx}.npz"
+    if opts.decode_only:
+        return "decode stored tokens" if tokens.exists() else "no stored tokens: will fail (--decode-only)"
+    if opts.overwrite:
+        lm = "redo: LM"
+    elif tokens.exists():
+        lm = "tokens present (checked against the model at run time)"
+    elif tokens.with_name(f"{job.idx}.partial.npz").exists():
+        lm = "partial tokens: resume LM mid-song"
+    else:
+        lm = "new: LM"
+    return lm if opts.tokens_only else f"{lm}, then decode"
 
 
 def prepare_prompts(jobs: Sequence[Job], opts: RunOptions, stages: Stages, summary: Summary) -> dict[str, Prompt]:

@@ -172,3 +172,18 @@ def test_song_tokens_do_not_depend_on_the_rest_of_the_file(jobs_file, tmp_path):
     assert np.array_equal(tokens_of(tmp_path / "alone")["b"], tokens_of(tmp_path / "out")["b"])
     assert TokenStore(tmp_path / "alone").load_any("b").meta["prompt"] == \
         TokenStore(tmp_path / "out").load_any("b").meta["prompt"]
+
+
+def test_dry_run_plan_follows_files_and_flags(jobs_file, tmp_path, capsys):
+    run(options(jobs_file, tmp_path, tokens_only=True), FakeStages())
+    (tmp_path / "out" / "tokens" / "c.npz").rename(tmp_path / "out" / "tokens" / "c.partial.npz")
+    capsys.readouterr()
+    run(options(jobs_file, tmp_path, dry_run=True), FakeStages())
+    out = capsys.readouterr().out
+    assert "a: tokens present (checked against the model at run time), then decode" in out
+    assert "c: partial tokens: resume LM mid-song, then decode" in out
+    run(options(jobs_file, tmp_path, dry_run=True, decode_only=True), FakeStages())
+    out = capsys.readouterr().out
+    assert "a: decode stored tokens" in out and "c: no stored tokens: will fail (--decode-only)" in out
+    run(options(jobs_file, tmp_path, dry_run=True, overwrite=True, tokens_only=True), FakeStages())
+    assert "b: redo: LM [auto prompt Jazz]" in capsys.readouterr().out
