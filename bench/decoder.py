@@ -191,8 +191,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="estimator blocks (real: 16; CPU smoke only)")
     parser.add_argument("--vae-channels", type=int, default=128, help="VAE base width of the random model")
     parser.add_argument("--runtime", type=Path, default=None, help="runtime folder with (real) weights")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile the estimator (default: on CUDA, as the product does)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the estimator (what --decoder-compile does in the product)")
     parser.add_argument("--compare", action="store_true", help="also report the flow's drift against float32")
     parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
                         help="decode one window per song first (kernel selection, allocator)")
@@ -204,7 +204,7 @@ def main() -> None:
     torch.backends.cudnn.allow_tf32 = True
     start = time.perf_counter()
     decoder = build(args, device, dtype)
-    if args.compile if args.compile is not None else device.type == "cuda":
+    if args.compile:
         decoder.flow.estimator = CompiledOrEager(decoder.flow.estimator)
     print(f"device={device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}) "
           f"flow={str(dtype)[6:]} vae={args.vae_dtype} layers={decoder.cfg.n_layer} steps={decoder.cfg.num_steps} "

@@ -32,7 +32,7 @@ class GenerationSettings:
     checkpoint_every: int = 100
     device: str | None = None
     lm_dtype: str | None = None
-    decoder_compile: bool | None = None
+    decoder_compile: bool = False
 
     def lm_load_dtype(self) -> str | None:
         """bf16 on an MLX GPU (upstream runs its LM in fp16 on CUDA), stored precision on the CPU."""

@@ -91,7 +91,7 @@ class CompiledOrEager(nn.Module):
     """`torch.compile` of a module that falls back to eager mode for good if compiling fails.
 
     Compilation needs a working toolchain (Triton on CUDA) that a user's machine may lack; a render must not
-    fail for it. On the H100 it cuts the estimator's time by about 40 % (fused norms and modulation).
+    fail for it. On the H100 it cuts a warm estimator batch by about 40 % (fused norms and modulation).
     """
 
     def __init__(self, module: nn.Module):
