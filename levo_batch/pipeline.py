@@ -20,7 +20,6 @@ from .lock import RunLock
 from .outputs import audio_paths, is_done, output_item, output_jsonl_path, write_flac, write_output_jsonl
 from .progress import LMProgress, log, song_bar
 from .stages import (
-    SAMPLE_RATE,
     AudioDecoder,
     DecodeRequest,
     Prompt,
@@ -177,15 +176,15 @@ def prepare_prompts(jobs: Sequence[Job], opts: RunOptions, stages: Stages, summa
     return prompts
 
 
-def token_fingerprint(generator_fp: dict, job: Job, opts: RunOptions, prompt: Prompt) -> Fingerprint:
-    lyrics, descriptions = lm_texts(job.gt_lyric, job.descriptions, opts.gen_type)
+def token_fingerprint(generator_fp: dict, request: SongRequest, mode: str) -> Fingerprint:
+    """Everything that determines a song's tokens: the model and sampling, and the song's own LM inputs."""
     return Fingerprint.of({
         "lm": generator_fp,
-        "seed": song_seed(opts.seed, job.idx),
-        "mode": lm_mode(opts.gen_type),
-        "lyrics": lyrics,
-        "descriptions": descriptions,
-        "prompt": prompt.tokens if prompt.tokens is not None else "none",
+        "seed": request.seed,
+        "mode": mode,
+        "lyrics": request.lyrics,
+        "descriptions": request.descriptions,
+        "prompt": request.prompt_tokens if request.prompt_tokens is not None else "none",
     })
 
 
@@ -216,23 +215,23 @@ def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, 
     fps, metas, requests = {}, {}, []
     for job in jobs:
         prompt = prompts[job.idx]
-        fp = token_fingerprint(generator_fp, job, opts, prompt)
+        request = SongRequest(job.idx, *lm_texts(job.gt_lyric, job.descriptions, opts.gen_type), prompt.tokens,
+                              song_seed(opts.seed, job.idx))
+        fp = token_fingerprint(generator_fp, request, lm_mode(opts.gen_type))
         if opts.overwrite:
             store.remove(job.idx)
         elif store.load(job.idx, fp) is not None:
             store.partial_path(job.idx).unlink(missing_ok=True)  # a kill between record and cleanup
             continue
-        lyrics, descriptions = lm_texts(job.gt_lyric, job.descriptions, opts.gen_type)
-        seed = song_seed(opts.seed, job.idx)
+        request.resume = store.load_partial(job.idx, fp)
         fps[job.idx] = fp
-        metas[job.idx] = {"seed": seed, "prompt": prompt.info}
-        requests.append(SongRequest(job.idx, lyrics, descriptions, prompt.tokens, seed,
-                                    resume=store.load_partial(job.idx, fp)))
+        metas[job.idx] = {"seed": request.seed, "prompt": prompt.info}
+        requests.append(request)
     if not requests:
         return
     resumed = sum(r.resume is not None for r in requests)
     log(f"LM phase: {len(requests)} songs" + (f" ({resumed} resumed mid-song)" if resumed else ""))
-    with LMProgress(len(requests), generator.max_steps()) as bars:
+    with LMProgress(len(requests)) as bars:
         generator.generate(requests, StoreSink(store, fps, metas, bars))
 
 
@@ -277,7 +276,7 @@ def decode_into(decoder: AudioDecoder, requests: list[DecodeRequest], opts: RunO
             write_flac(path, audio[stem], decoder.sample_rate)
         pending.pop(idx, None)
         summary.done.append(idx)
-        summary.audio_seconds += audio["main"].shape[-1] / SAMPLE_RATE
+        summary.audio_seconds += audio["main"].shape[-1] / decoder.sample_rate
         bar.update(1)
         StopRequested.check()
 

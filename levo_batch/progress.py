@@ -33,8 +33,7 @@ def song_bar(total: int, desc: str) -> tqdm:
 class LMProgress:
     """One bar over songs plus one bar per song in flight over its LM steps."""
 
-    def __init__(self, songs: int, max_steps: int):
-        self.max_steps = max_steps
+    def __init__(self, songs: int):
         self.songs = song_bar(songs, "LM")
         self.bars: dict[str, tqdm] = {}
 

@@ -65,9 +65,6 @@ class TokenGenerator(Protocol):
     def fingerprint(self) -> dict:
         """What determines the tokens besides the song itself (model hash, sampling parameters, ...)."""
 
-    def max_steps(self) -> int:
-        """Upper bound of pattern steps per song (for progress bars)."""
-
     def generate(self, songs: Sequence[SongRequest], sink: TokenSink) -> None:
         """Generate every song, reporting through `sink`; songs may finish in any order."""
 
