@@ -12,8 +12,8 @@ from pathlib import Path
 
 from .runtime import RuntimePaths
 
-UPSTREAM_SAMPLING = {"temperature": 0.8, "top_k": 5000}
 UPSTREAM_LOW_MEM_SAMPLING = {"temperature": 0.9, "top_k": 50}
+"""Upstream's low-memory path samples differently from its default (SamplingParams' defaults)."""
 
 
 @dataclass
@@ -42,17 +42,15 @@ class GenerationSettings:
 
         return "bf16" if mx.default_device() == mx.gpu else None
 
-    def sampling(self, cfg_coef: float):
-        """Upstream's defaults (its low-memory path samples differently), overridden by explicit flags."""
+    def sampling(self):
+        """Upstream's sampling (low-memory variant with --low_mem), overridden by explicit flags; an unset
+        cfg_coef is the checkpoint's."""
         from .lm.sampling import SamplingParams
 
-        base = UPSTREAM_LOW_MEM_SAMPLING if self.low_mem else UPSTREAM_SAMPLING
-        return SamplingParams(
-            temperature=self.temperature if self.temperature is not None else base["temperature"],
-            top_k=self.top_k if self.top_k is not None else base["top_k"],
-            cfg_coef=self.cfg_coef if self.cfg_coef is not None else cfg_coef,
-            greedy=self.greedy,
-        )
+        explicit = {"temperature": self.temperature, "top_k": self.top_k, "cfg_coef": self.cfg_coef}
+        base = UPSTREAM_LOW_MEM_SAMPLING if self.low_mem else {}
+        chosen = {**base, **{k: v for k, v in explicit.items() if v is not None}}
+        return SamplingParams(**chosen, greedy=self.greedy)
 
 
 class DefaultStages:
@@ -75,7 +73,7 @@ class DefaultStages:
         tokenizers = TextTokenizers.from_dir(self.tokenizer_dir())
         self._generator = MLXTokenGenerator(
             loaded.model, loaded.config, tokenizers, model_id=f"{loaded.model_id}:{loaded.dtype}",
-            sampling=s.sampling(loaded.config.cfg_coef), batch_size=s.batch_size,
+            sampling=s.sampling(), batch_size=s.batch_size,
             max_duration=s.max_duration, checkpoint_every=s.checkpoint_every)
         return self._generator
 
