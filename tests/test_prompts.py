@@ -1,7 +1,6 @@
 """PromptPreparer end to end on tiny random weights laid out as the runtime download."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,7 @@ import soundfile as sf
 import torch
 
 pytest.importorskip("demucs")
-from demucs.htdemucs import HTDemucs  # noqa: E402
+import tiny_runtime  # noqa: E402
 
 from levo_batch.audio import load_prompt_audio, resample  # noqa: E402
 from levo_batch.jobs import Job  # noqa: E402
@@ -25,21 +24,8 @@ EN_LYRIC = "[verse] walking down the road tonight ; [chorus] we sing"
 
 @pytest.fixture(scope="module")
 def runtime(fixtures, tmp_path_factory) -> RuntimePaths:
-    rt = RuntimePaths(tmp_path_factory.mktemp("runtime"))
-    for src, dst in ((fixtures / "decoder_tiny" / "septoken_model.safetensors", rt.septoken),
-                     (fixtures / "encoder_tiny" / "rvq1_model.safetensors", rt.rvq1)):
-        dst.parent.mkdir(parents=True)
-        shutil.copyfile(src, dst)
-    torch.manual_seed(0)
-    rt.htdemucs.parent.mkdir(parents=True)
-    torch.save(HTDemucs(**TINY_DEMUCS).state_dict(), rt.htdemucs)
-    rt.htdemucs_yaml.write_text("models: ['htdemucs']\n")
-    rt.auto_prompt.parent.mkdir(parents=True)
-    g = torch.Generator().manual_seed(1)
-    library = {genre: {lang: [torch.randint(0, 16384, (1, 3, 300), generator=g) for _ in range(4)]
-                       for lang in ("zh", "en")} for genre in ("Pop", "Auto")}
-    torch.save(library, rt.auto_prompt)
-    return rt
+    """The official runtime layout, with an auto-prompt library of two genres (4 entries of 300 frames each)."""
+    return tiny_runtime.build(tmp_path_factory.mktemp("runtime"), fixtures, genres=("Pop", "Auto"))
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,14 @@ import torch
 from safetensors.torch import load_file
 
 from levo_batch.runtime import RuntimePaths
+from levo_batch.text import AUTO_PROMPT_TYPES
 
 DEMUCS = dict(channels=4, bottom_channels=16, t_layers=1, t_heads=2, dconv_comp=2)
 """Shrinks htdemucs (the rest of its hyper-parameters stay the real ones)."""
 
 
-def build(root: Path, fixtures: Path, *, seed: int = 0) -> RuntimePaths:
+def build(root: Path, fixtures: Path, *, seed: int = 0, genres: tuple[str, ...] = AUTO_PROMPT_TYPES) -> RuntimePaths:
+    """`genres`: the auto-prompt library's keys (4 entries of 300 frames per genre and language)."""
     from levo_batch.decoder.estimator import CONFIG_FILE
     from levo_batch.prompts.prepare import DEMUCS_CONFIG_FILE
     from levo_batch.prompts.septoken_encoder import CONFIG_FILE as ENCODER_CONFIG_FILE
@@ -49,9 +51,7 @@ def build(root: Path, fixtures: Path, *, seed: int = 0) -> RuntimePaths:
     (rt.htdemucs.parent / DEMUCS_CONFIG_FILE).write_text(json.dumps(DEMUCS))
 
     g = torch.Generator().manual_seed(seed)
-    genres = ("Pop", "Latin", "Rock", "Electronic", "Metal", "Country", "R&B/Soul", "Ballad", "Jazz", "World",
-              "Hip-Hop", "Funk", "Soundtrack", "Auto")
-    library = {genre: {lang: [torch.randint(0, 16384, (1, 3, 260), generator=g) for _ in range(3)]
+    library = {genre: {lang: [torch.randint(0, 16384, (1, 3, 300), generator=g) for _ in range(4)]
                        for lang in ("zh", "en")} for genre in genres}
     rt.auto_prompt.parent.mkdir(parents=True)
     torch.save(library, rt.auto_prompt)
