@@ -18,7 +18,7 @@ from levo_batch.prompts.prepare import PromptPreparer  # noqa: E402
 from levo_batch.prompts.separation import HTDEMUCS_HPARAMS  # noqa: E402
 from levo_batch.runtime import RuntimePaths  # noqa: E402
 
-TINY_DEMUCS = dict(HTDEMUCS_HPARAMS, channels=4, bottom_channels=16, t_layers=1, t_heads=2, dconv_comp=2)
+TINY_DEMUCS = dict(HTDEMUCS_HPARAMS, **tiny_runtime.DEMUCS)
 EN_LYRIC = "[verse] walking down the road tonight ; [chorus] we sing"
 
 

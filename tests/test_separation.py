@@ -11,9 +11,10 @@ pytest.importorskip("demucs")
 from demucs.apply import BagOfModels, apply_model  # noqa: E402
 from demucs.htdemucs import HTDemucs  # noqa: E402
 
+import tiny_runtime  # noqa: E402
 from levo_batch.prompts.separation import HTDEMUCS_HPARAMS, SeparationError, Separator  # noqa: E402
 
-TINY = dict(HTDEMUCS_HPARAMS, channels=4, bottom_channels=16, t_layers=1, t_heads=2, dconv_comp=2)
+TINY = dict(HTDEMUCS_HPARAMS, **tiny_runtime.DEMUCS)
 CPU = torch.device("cpu")
 
 
