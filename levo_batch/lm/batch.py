@@ -20,6 +20,7 @@ from functools import partial
 import mlx.core as mx
 import numpy as np
 
+from levo_batch.lm import decode_attention
 from levo_batch.lm.cache import StepContext, kv_group_size, make_caches
 from levo_batch.lm.config import LMConfig
 from levo_batch.lm.model import LeVoLM
@@ -28,7 +29,9 @@ from levo_batch.lm.sampling import SamplingParams, choose, process_logits, seed_
 
 ATTENTION_BUCKET = 256
 """Attended cache length (and the capacity) is a multiple of this, so step shapes repeat instead of growing
-every step, and matmul kernels that want aligned sizes apply (e.g. MLX CUDA's quantised ones)."""
+every step, and matmul kernels that want aligned sizes apply (e.g. MLX CUDA's quantised ones). With the CUDA
+decode kernel every step spans the whole capacity instead (splits past a row's length exit at once), so the
+step compiles once per run rather than once per bucket (~20 times in a 150-s song)."""
 
 SLACK_COLUMNS = 2
 """A slot may run up to two columns past its last one: one step is scheduled before the host has read that
@@ -155,6 +158,7 @@ class SongSlots:
         self.host_col = [0] * slots
         self._next_owner = 0
         self._compiled: dict[int, object] = {}
+        self._whole_cache = decode_attention.applies(cfg.head_dim, dtype)
 
     def _state(self) -> list[mx.array]:
         caches = self.caches1 + self.caches2
@@ -228,7 +232,7 @@ class SongSlots:
         """Schedule one pattern column for every slot (lazy: nothing is evaluated here)."""
         cfg = self.cfg
         top = max(self.host_col[i] for i in range(self.slots) if self.owners[i] is not None)
-        length = _round_up(cfg.prefix_len + top + 1, ATTENTION_BUCKET)
+        length = self.capacity if self._whole_cache else _round_up(cfg.prefix_len + top + 1, ATTENTION_BUCKET)
         if length not in self._compiled:
             self._compiled[length] = mx.compile(partial(
                 _step, model=self.model, cfg=cfg, params=self.params, timesteps=self.timesteps, length=length,
