@@ -18,34 +18,19 @@ import time
 import mlx.core as mx
 import numpy as np
 
+from lm import copy_bandwidth
+
 from levo_batch.lm import decode_attention
-from levo_batch.lm.cache import KVCache, QuantizedKVCache, StepContext, kv_group_size
+from levo_batch.lm.cache import KVCache, QuantizedKVCache, StepContext
 from levo_batch.lm.decode_attention import CHUNK
 
 HEADS, DIM = 16, 128
 
 
-def copy_bandwidth(gib: float = 4.0) -> float:
-    """Bytes per second of a large device copy (read + write counted), the memory-bound ceiling."""
-    a = mx.random.uniform(shape=(int(gib * 2**30 / 2**13), 2**12)).astype(mx.bfloat16)
-    mx.eval(a)
-    for _ in range(3):
-        mx.eval(a + 1)
-    start, n = time.perf_counter(), 10
-    for _ in range(n):
-        mx.eval(a + 1)
-    return 2 * a.nbytes * n / (time.perf_counter() - start)
-
-
 def random_cache(rows: int, capacity: int, kv_bits: int | None):
     shape = (rows, HEADS, capacity, DIM)
     keys, values = (mx.random.normal(shape).astype(mx.bfloat16) for _ in range(2))
-    if kv_bits is None:
-        cache = KVCache(keys, values)
-    else:
-        group = kv_group_size(DIM, kv_bits)
-        cache = QuantizedKVCache(list(mx.quantize(keys, group, kv_bits)), list(mx.quantize(values, group, kv_bits)),
-                                 kv_bits, group)
+    cache = KVCache(keys, values) if kv_bits is None else QuantizedKVCache.from_float(keys, values, kv_bits)
     mx.eval(cache.state)
     return cache
 

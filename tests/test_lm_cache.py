@@ -7,20 +7,21 @@ import pytest
 
 from levo_batch.lm import decode_attention
 from levo_batch.lm.batch import CPU_SLOTS, SongSlots, auto_slots, slot_cache_bytes
-from levo_batch.lm.cache import KVCache, QuantizedKVCache, StepContext, kv_group_size
+from levo_batch.lm.cache import KVCache, QuantizedKVCache, StepContext
 from levo_batch.lm.config import LMConfig
 from levo_batch.lm.model import LeVoLM
 from levo_batch.lm.sampling import SamplingParams
 
 ROWS, HEADS, CAPACITY, DIM = 4, 2, 600, 64
-SCALE = DIM**-0.5
 
 
-def reference(q: np.ndarray, keys: np.ndarray, values: np.ndarray, reads: np.ndarray) -> np.ndarray:
-    """float64 attention of each row over its own slots 0..reads[r]."""
+def reference(q, keys, values, reads: np.ndarray) -> np.ndarray:
+    """float64 attention of each row over its own slots 0..reads[r] (numpy or MLX arrays in)."""
+    q, keys, values = (np.array(mx.array(a).astype(mx.float32)).astype(np.float64) for a in (q, keys, values))
+    scale = q.shape[-1] ** -0.5
     out = np.zeros(q.shape)
     for r, last in enumerate(reads):
-        scores = np.einsum("hd,hkd->hk", q[r, :, 0], keys[r, :, : last + 1]) * SCALE
+        scores = np.einsum("hd,hkd->hk", q[r, :, 0], keys[r, :, : last + 1]) * scale
         probs = np.exp(scores - scores.max(-1, keepdims=True))
         probs /= probs.sum(-1, keepdims=True)
         out[r, :, 0] = np.einsum("hk,hkd->hd", probs, values[r, :, : last + 1])
@@ -42,7 +43,7 @@ def test_rows_attend_only_their_own_prefix():
     attention over exactly its own slots, the token written this step included; stale slots past it never count."""
     cache, (q, k, v), keys, values, reads, q_np = random_case(0)
     ctx = StepContext.build(mx.array(reads), CAPACITY)
-    got = np.array(cache.attend(q, k, v, ctx, SCALE))
+    got = np.array(cache.attend(q, k, v, ctx, DIM**-0.5))
     np.testing.assert_allclose(got, reference(q_np, keys, values, reads), atol=2e-6, rtol=0)
 
 
@@ -67,23 +68,13 @@ def test_cuda_kernel_matches_float64_attention(kv_bits):
     q, k, v = (mx.array(rng.standard_normal((rows, heads, 1, dim)).astype(np.float32)).astype(mx.bfloat16)
                for _ in range(3))
     reads = np.array([0, 1, 255, 256, 700, capacity - 1], dtype=np.int32)
-    if kv_bits is None:
-        cache = KVCache(keys, values)
-    else:
-        group = kv_group_size(dim, kv_bits)
-        cache = QuantizedKVCache(list(mx.quantize(keys, group, kv_bits)), list(mx.quantize(values, group, kv_bits)),
-                                 kv_bits, group)
+    cache = KVCache(keys, values) if kv_bits is None else QuantizedKVCache.from_float(keys, values, kv_bits)
     got = np.array(cache.attend(q, k, v, StepContext.build(mx.array(reads), capacity), dim**-0.5).astype(mx.float32))
     if kv_bits is None:
-        fk, fv = cache.keys, cache.values
+        keys, values = cache.keys, cache.values
     else:
-        fk, fv = (mx.dequantize(*parts, cache.group_size, kv_bits) for parts in (cache.keys, cache.values))
-    as64 = [np.array(a.astype(mx.float32)).astype(np.float64) for a in (q, fk, fv)]
-    want = np.zeros(got.shape)
-    for r, last in enumerate(reads):
-        scores = np.einsum("hd,hkd->hk", as64[0][r, :, 0], as64[1][r, :, : last + 1]) * dim**-0.5
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        want[r, :, 0] = np.einsum("hk,hkd->hd", probs / probs.sum(-1, keepdims=True), as64[2][r, :, : last + 1])
+        keys, values = (mx.dequantize(*parts, cache.group_size, kv_bits) for parts in (cache.keys, cache.values))
+    want = reference(q, keys, values, reads)
     assert np.isfinite(got).all()
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 5e-3
 

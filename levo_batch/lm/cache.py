@@ -123,6 +123,12 @@ class QuantizedKVCache:
 
         return cls(make(), make(), bits, group_size)
 
+    @classmethod
+    def from_float(cls, keys: mx.array, values: mx.array, bits: int) -> "QuantizedKVCache":
+        """A cache holding `keys` and `values` `[rows, heads, capacity, head_dim]` quantised."""
+        group = kv_group_size(keys.shape[-1], bits)
+        return cls(list(mx.quantize(keys, group, bits)), list(mx.quantize(values, group, bits)), bits, group)
+
     @property
     def state(self) -> list[mx.array]:
         return [*self.keys, *self.values]
