@@ -64,7 +64,8 @@ def test_help_documents_every_flag(capsys):
     text = capsys.readouterr().out
     for flag in ("--bgm", "--vocal", "--separate", "--low_mem", "--not_use_flash_attn", "--seed", "--batch-size",
                  "--max-duration", "--tokens-only", "--decode-only", "--overwrite", "--dry-run", "--strict",
-                 "--runtime-dir", "--lm-dtype", "--decoder-compile", "--kv-cache", "--checkpoint-every", "--temperature", "--top-k", "--greedy", "--device"):
+                 "--runtime-dir", "--lm-dtype", "--decoder-compile", "--kv-cache", "--checkpoint-every",
+                 "--temperature", "--top-k", "--greedy", "--device"):
         assert flag in text
     assert "no-op" in text  # says what --not_use_flash_attn does
     for command in ("convert", "download"):
