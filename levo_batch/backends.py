@@ -57,6 +57,42 @@ class DefaultStages:
     def __init__(self, settings: GenerationSettings):
         self.settings = settings
         self._generator = None
+        self._ckpt = None
+
+    def check(self, lm: bool) -> list[str]:
+        """Option ranges and, when the LM may run, the checkpoint folder (see `levo_batch.preflight`)."""
+        from .assets import open_lm_checkpoint
+        from .preflight import option_problems
+
+        error = None
+        if lm:
+            self._ckpt, error = open_lm_checkpoint(self.settings.ckpt_dir)
+        max_dur = self._ckpt.config.max_dur if self._ckpt is not None else None
+        return option_problems(self.settings, max_dur) + ([error] if error else [])
+
+    def assets(self, needs) -> list[str]:
+        from .assets import asset_problems
+
+        return asset_problems(self.settings.runtime, needs, self.settings.ckpt_dir)
+
+    def recipe(self, lm: bool) -> dict:
+        """What makes a song's audio besides the song itself, from the settings alone (no model loaded)."""
+        from .assets import runtime_assets
+        from .preflight import Needs
+
+        s = self.settings
+        files = {a.what: f"{a.path.name}:{a.path.stat().st_size}" for a in
+                 runtime_assets(s.runtime, Needs(decoder=True), None) if a.needed and a.present}
+        out = {"decoder": {"files": files, "low_mem": s.low_mem, "device": s.device or "auto",
+                           "compile": s.decoder_compile}}
+        if lm:
+            from .lm.loading import model_id
+
+            cfg = self._ckpt.config
+            out["lm"] = {"model": model_id(self._ckpt), "dtype": s.lm_load_dtype(),
+                         "sampling": s.sampling().with_cfg_coef(cfg.cfg_coef).fingerprint(),
+                         "max_duration": s.max_duration if s.max_duration is not None else cfg.max_dur}
+        return out
 
     def prompts(self):
         from .prompts.prepare import PromptPreparer

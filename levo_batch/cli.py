@@ -90,16 +90,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .errors import LevoError
     from .jobs import JobsError
     from .pipeline import RunOptions, run
+    from .preflight import PreflightError
     from .progress import log, setup_logging
     from .runtime import RuntimePaths
 
     setup_logging()
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
-        return EXIT_USAGE
-    if not args.decode_only and not args.dry_run and not args.ckpt_dir.is_dir():
-        log(f"error: checkpoint folder {args.ckpt_dir} not found (expected config.yaml + model.pt, or an "
-            f"MLX conversion with config.json + *.safetensors)")
         return EXIT_USAGE
     gen_type = gen_type_of(args)
     opts = RunOptions(args.input_jsonl, Path(args.save_dir), gen_type, args.seed, args.tokens_only,
@@ -114,7 +111,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         decoder_compile=args.decoder_compile)
     try:
         summary = run(opts, DefaultStages(settings))
-    except JobsError as exc:
+    except (JobsError, PreflightError) as exc:
         log(str(exc))
         return EXIT_USAGE
     except (LevoError, FileNotFoundError) as exc:
