@@ -16,7 +16,7 @@ import numpy as np
 
 from . import provenance
 from .errors import StorageError
-from .interrupt import StopRequested, interruptible
+from .interrupt import StopRequested, interruptible, stop_at_once
 from .jobs import Job, load_jobs
 from .lock import RunLock
 from .outputs import audio_paths, is_done, output_item, output_jsonl_path, write_flac, write_output_jsonl
@@ -220,7 +220,8 @@ def prepare_prompts(jobs: Sequence[Job], opts: RunOptions, stages: Stages, summa
         source = source or stages.prompts()
         started = time.monotonic()
         try:
-            prompts[job.idx] = source.prepare(job, song_seed(opts.seed, job.idx))
+            with stop_at_once():
+                prompts[job.idx] = source.prepare(job, song_seed(opts.seed, job.idx))
             log(f"prompt of {job.idx} ready: {time.monotonic() - started:.1f} s")
         except PromptError as exc:
             summary.failed[job.idx] = str(exc)
@@ -264,7 +265,7 @@ class StoreSink:
 
 def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, stages: Stages,
              store: TokenStore, recipes: dict[str, dict]) -> None:
-    with timed("loading the LM"):
+    with timed("loading the LM"), stop_at_once():
         generator = stages.generator()
     generator_fp = generator.fingerprint()
     fps, metas, requests = {}, {}, []
@@ -306,7 +307,7 @@ def decoder_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOpti
                                       prompts[job.idx].audio))
     if not requests:
         return
-    with timed("loading the decoder"):
+    with timed("loading the decoder"), stop_at_once():
         writer.decoder = stages.decoder()
     log(f"decoder phase: {len(requests)} songs")
     with SongProgress(len(requests), "decoding") as writer.bar:
@@ -339,7 +340,12 @@ class AudioWriter:
 
     def decode(self, requests: list[DecodeRequest], pending: dict[str, DecodeRequest]) -> None:
         save_dir = self.opts.save_dir
-        for idx, audio in self.decoder.decode(requests):
+        songs = self.decoder.decode(requests)
+        while True:
+            with stop_at_once():  # decoding writes nothing until a song is complete
+                idx, audio = next(songs, (None, None))
+            if idx is None:
+                return
             for stem, path in audio_paths(save_dir, idx, tuple(audio)).items():
                 write_flac(path, audio[stem], self.decoder.sample_rate)
             recipe, tokens, item, facts = self.records[idx]
