@@ -84,7 +84,7 @@ class DefaultStages:
         files = {a.what: f"{a.path.name}:{a.path.stat().st_size}" for a in
                  runtime_assets(s.runtime, Needs(decoder=True), None) if a.needed and a.present}
         out = {"decoder": {"files": files, "low_mem": s.low_mem, "device": s.device or "auto",
-                           "compile": s.decoder_compile}}
+                           "compile": s.decoder_compile, "batch": 1 if s.low_mem else s.decoder_batch}}
         if lm:
             from .lm.loading import model_id
 
