@@ -12,6 +12,7 @@ from pathlib import Path
 from .preflight import Needs
 from .runtime import RuntimePaths
 
+EVERYTHING = Needs(lm=True, decoder=True, prompt_audio=True, auto_prompt=True)
 DOWNLOAD_HINT = "levo-batch download --model v2-large --ckpt-dir {ckpt}"
 RUNTIME_HINT = "levo-batch download --runtime-dir {root}"
 
@@ -62,3 +63,24 @@ def asset_problems(runtime: RuntimePaths, needs: Needs, ckpt_dir: Path | None) -
     return [f"error: {a.what} not found at {a.path}; fetch the runtime assets with `{a.hint}` or point "
             f"--runtime-dir / $LEVO_RUNTIME_DIR at them"
             for a in runtime_assets(runtime, needs, ckpt_dir) if a.needed and not a.present]
+
+
+def doctor_lines(ckpt_dir: Path | None, runtime: RuntimePaths, needs: Needs) -> tuple[list[str], bool]:
+    """`levo-batch doctor`: one line per asset (present / missing / not needed) and whether the run can go."""
+    lines, ok = [], True
+    if ckpt_dir is not None:
+        ckpt, error = open_lm_checkpoint(ckpt_dir)
+        if ckpt is not None:
+            lines.append(f"ok       LM checkpoint ({ckpt.source_format}, max_dur {ckpt.config.max_dur:g} s): {ckpt_dir}")
+        else:
+            ok = not needs.lm
+            lines.append(f"{'MISSING' if needs.lm else 'unused '}  {error.removeprefix('error: ')}")
+    for asset in runtime_assets(runtime, needs, ckpt_dir):
+        if asset.present:
+            lines.append(f"ok       {asset.what}: {asset.path}")
+        elif asset.needed:
+            ok = False
+            lines.append(f"MISSING  {asset.what}: {asset.path}; fetch with `{asset.hint}`")
+        else:
+            lines.append(f"unused   {asset.what}: {asset.path} (not needed by these songs)")
+    return lines, ok

@@ -1,4 +1,4 @@
-"""Command line: `levo-batch generate|convert|download` (generate.sh is a thin wrapper over `generate`)."""
+"""Command line: `levo-batch generate|convert|download|doctor` (generate.sh is a thin wrapper over `generate`)."""
 
 from __future__ import annotations
 
@@ -167,10 +167,48 @@ def add_download(sub: argparse._SubParsersAction) -> None:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from .download import download
+    from .errors import LevoError
     from .runtime import RuntimePaths
 
-    download(RuntimePaths.resolve(args.runtime_dir), args.model, args.ckpt_dir)
+    try:
+        download(RuntimePaths.resolve(args.runtime_dir), args.model, args.ckpt_dir)
+    except LevoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print("done")
     return 0
+
+
+def add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="list which checkpoint and runtime files a run needs and which are missing",
+                       description="Check, without loading anything, that the LM checkpoint and the runtime assets "
+                                   "a jsonl needs are present (auto-prompt library only if a song uses it, the "
+                                   "separator only if a song has prompt audio, ...). Exit 0: ready; 2: missing.")
+    p.add_argument("ckpt_dir", type=Path, help="LM checkpoint folder")
+    p.add_argument("input_jsonl", type=Path, nargs="?", default=None,
+                   help="the jobs to check for (default: everything any jsonl could need)")
+    p.add_argument("--runtime-dir", type=Path, default=None, help="upstream runtime assets (as for generate)")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .assets import EVERYTHING, doctor_lines
+    from .jobs import JobsError, load_jobs
+    from .preflight import Needs
+    from .runtime import RuntimePaths
+
+    needs = EVERYTHING
+    if args.input_jsonl is not None:
+        try:
+            jobs, _ = load_jobs(args.input_jsonl)
+        except JobsError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        needs = Needs.of(jobs, tokens_only=False, decode_only=False)
+    lines, ok = doctor_lines(args.ckpt_dir, RuntimePaths.resolve(args.runtime_dir), needs)
+    print("\n".join(lines))
+    print("ready" if ok else "not ready: fetch the MISSING files (commands above), then run again")
+    return 0 if ok else EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
     add_convert(sub)
     add_download(sub)
+    add_doctor(sub)
     return parser
 
 

@@ -10,7 +10,6 @@ unannounced. The output jsonl is built from these records, so it always describe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import orjson
 from .errors import LevoError
 from .outputs import audio_paths
 from .stages import song_seed
-from .store import atomic_write_bytes, canonical, differences, move_aside
+from .store import atomic_write_bytes, canonical, differences, file_sha256, move_aside
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -56,14 +55,6 @@ def song_recipe(job: "Job", gen_type: str, seed: int, stage_recipe: dict) -> dic
             "auto_prompt_audio_type": job.auto_prompt_audio_type, "seed": song_seed(seed, job.idx),
             "gen_type": gen_type}
     return canonical({"song": song, **stage_recipe})
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def record_path(save_dir: Path, idx: str) -> Path:

@@ -89,6 +89,14 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     _fsync_dir(path.parent)
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 

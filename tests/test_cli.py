@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -88,16 +89,31 @@ def test_generate_sh_forwards_to_the_cli(tiny, tmp_path):
 def test_download_fetches_only_inference_assets(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
+    from levo_batch import fetch
+    from levo_batch.assets import EVERYTHING, runtime_assets
+    from levo_batch.runtime import RuntimePaths
+
     calls = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append((repo, kw)))
+
+    def snapshot(repo, **kw):
+        calls.append((repo, kw))
+        if repo == "lglg666/SongGeneration-Runtime":
+            for asset in runtime_assets(RuntimePaths(kw["local_dir"]), EVERYTHING, None):
+                asset.path.parent.mkdir(parents=True, exist_ok=True)
+                asset.path.touch()
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    monkeypatch.setattr(fetch, "check_reachable", lambda url: None)
+    monkeypatch.setattr(fetch, "fetch_auto_prompt", lambda dest: calls.append(("auto-prompt", dest)))
     assert main(["download", "--runtime-dir", str(tmp_path / "rt"), "--model", "v2-large",
                  "--ckpt-dir", str(tmp_path / "ck")]) == 0
-    (runtime_repo, runtime_kw), (model_repo, model_kw) = calls
+    (runtime_repo, runtime_kw), (model_repo, model_kw), auto = calls
     assert runtime_repo == "lglg666/SongGeneration-Runtime" and runtime_kw["local_dir"] == (tmp_path / "rt").resolve()
     assert "ckpt/model_septoken/*" in runtime_kw["allow_patterns"]
     assert not any("encode-s12k" in p for p in runtime_kw["allow_patterns"])
     assert model_repo == "lglg666/SongGeneration-v2-large" and model_kw["local_dir"] == tmp_path / "ck"
-    assert "new_auto_prompt.pt" in capsys.readouterr().out
+    assert auto == ("auto-prompt", RuntimePaths.resolve(tmp_path / "rt").auto_prompt)
+    assert "auto-prompt library ->" in capsys.readouterr().out
 
 
 def test_convert_command_writes_a_loadable_mlx_folder(tmp_path, capsys):
@@ -123,6 +139,11 @@ def tiny(tmp_path_factory, fixtures):
     jobs = root / "ok.jsonl"
     jobs.write_text("".join(json.dumps({"idx": i, "gt_lyric": LYRIC}) + "\n" for i in ("a", "b")))
     return ckpt, jobs, runtime.root
+
+
+def messages(err: str) -> list[str]:
+    """stderr lines without the timestamps that log lines carry when stderr is not a terminal."""
+    return [re.sub(r"^\[[\d :-]+\] ", "", line) for line in err.splitlines()]
 
 
 def generate(tiny, out: Path, *flags: str) -> int:
@@ -160,14 +181,14 @@ BAD_OPTIONS = [
 def test_bad_options_exit_2_before_anything_is_created(tiny, tmp_path, capsys, flags, message):
     """Issue 10, items 1 and 8: these were accepted, or failed with a traceback after loading (or after the LM)."""
     assert generate(tiny, tmp_path / "out", *flags) == 2
-    err = capsys.readouterr().err
-    assert err == f"error: {message}" + err.split(message, 1)[1] and err.count("\n") == 1
+    lines = messages(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
     assert not (tmp_path / "out").exists()
 
 
 def test_every_bad_option_is_reported_at_once(tiny, tmp_path, capsys):
     assert generate(tiny, tmp_path / "out", "--batch-size", "0", "--top-k", "0", "--cfg-coef", "inf") == 2
-    lines = capsys.readouterr().err.splitlines()
+    lines = messages(capsys.readouterr().err)
     assert [line.split(":")[1].split()[0] for line in lines] == ["--batch-size", "--top-k", "--cfg-coef"]
 
 
@@ -179,7 +200,7 @@ def test_checkpoint_and_assets_are_checked_up_front(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"no LeVo LM checkpoint in {empty}" in err and f"levo-batch download --model v2-large --ckpt-dir {empty}" in err
     assert main(["generate", str(ckpt), str(jobs), str(tmp_path / "out"), "--runtime-dir", str(tmp_path)]) == 2
-    lines = capsys.readouterr().err.splitlines()
+    lines = messages(capsys.readouterr().err)
     assert [line.split(" not found")[0] for line in lines] == [
         "error: Qwen2 tokenizer", "error: septoken decoder weights", "error: VAE config", "error: VAE weights"]
     assert main(["generate", str(ckpt), str(jobs), str(tmp_path / "out"), "--runtime-dir", str(tmp_path),
@@ -192,5 +213,5 @@ def test_save_dir_that_is_a_file_exits_2(tiny, tmp_path, capsys):
     target = tmp_path / "out"
     target.write_text("not a folder")
     assert generate(tiny, target) == 2
-    assert capsys.readouterr().err == f"error: SAVE_DIR {target} is a file, not a folder; pass a folder path " \
-                                      f"(it is created if missing)\n"
+    assert messages(capsys.readouterr().err) == [
+        f"error: SAVE_DIR {target} is a file, not a folder; pass a folder path (it is created if missing)"]
