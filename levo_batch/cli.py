@@ -70,8 +70,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="regenerate songs whose audio or tokens already exist (default: skip them)")
     g.add_argument("--dry-run", action="store_true", help="validate the jsonl and print the plan, then exit")
     g.add_argument("--strict", action="store_true",
-                   help="lyric warnings become errors; stale token records are an error instead of "
-                        "being regenerated")
+                   help="lyric warnings become errors; finished songs or token records made with other "
+                        "settings or inputs are an error (before anything runs) instead of being re-rendered")
     g.add_argument("--runtime-dir", type=Path, default=None,
                    help="upstream runtime assets (default $LEVO_RUNTIME_DIR or ./third_party/SongGeneration)")
     g.add_argument("--decoder-compile", action="store_true",

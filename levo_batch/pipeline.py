@@ -118,8 +118,8 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
     summary = Summary()
     stems = stems_for(opts.gen_type)
     raise_if(save_dir_problems(opts.save_dir) + stages.check(not opts.decode_only))
-    recipes = {job.idx: provenance.song_recipe(job, opts.gen_type, opts.seed, stages.recipe(not opts.decode_only))
-               for job in jobs}
+    settings = stages.recipe(not opts.decode_only)
+    recipes = {job.idx: provenance.song_recipe(job, opts.gen_type, opts.seed, settings) for job in jobs}
     todo, redo = plan_songs(jobs, opts, stems, recipes)
     if redo and opts.strict:
         raise provenance.strict_refusal(redo)

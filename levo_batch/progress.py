@@ -19,6 +19,8 @@ from typing import Iterator
 from tqdm import tqdm
 
 PROGRESS_EVERY_ENV = "LEVO_PROGRESS_EVERY"
+REFRESH_S = 0.1
+"""Terminal bars redraw at most this often (a batch of 16 songs reports 16 steps every few milliseconds)."""
 
 
 def is_terminal() -> bool:
@@ -78,9 +80,10 @@ class PhaseProgress:
         self.position = min(position, self.total)
         if self.bar is not None:
             self.bar.n = self.position
-            if detail:
+            if time.monotonic() - self.last_line >= REFRESH_S or self.position == self.total:
+                self.last_line = time.monotonic()
                 self.bar.set_postfix_str(detail, refresh=False)
-            self.bar.refresh()
+                self.bar.refresh()
         elif time.monotonic() - self.last_line >= self.every:
             self.line(detail)
 
