@@ -117,6 +117,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     except (LevoError, FileNotFoundError) as exc:
         log(f"error: {exc}")
         return EXIT_USAGE
+    except OSError as exc:
+        from .store import STORAGE_ERRNOS, storage_message
+
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        log(f"error: {storage_message(Path(exc.filename or args.save_dir), exc)}")
+        return EXIT_USAGE
     except BaseException as exc:
         from .interrupt import StopRequested
 

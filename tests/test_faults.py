@@ -105,3 +105,15 @@ def test_unsafe_model_pt_is_refused_in_one_line(tmp_path):
     with pytest.raises(LevoError, match=r"model\.pt holds more than plain tensors .* re-download") as e:
         load_lm(tmp_path)
     assert "weights_only=False" not in str(e.value) and "\n" not in str(e.value)
+
+
+def test_full_disk_before_the_lock_is_written_exits_2(jobs_file, tmpfs, capsys, monkeypatch):
+    from levo_batch import cli
+
+    save_dir = tmpfs("4k")
+    (save_dir / "filler").write_bytes(b"x" * 4096)
+    monkeypatch.setattr("levo_batch.backends.DefaultStages", lambda settings: FakeStages())
+    assert cli.main(["generate", "ck", str(jobs_file), str(save_dir), "--tokens-only"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: cannot write {save_dir}: the disk is full" in err and "Traceback" not in err
+    assert not (save_dir / LOCK_NAME).exists()

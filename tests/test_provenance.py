@@ -107,3 +107,21 @@ def test_jsonl_describes_the_audio_on_disk_when_a_re_render_fails(jobs_file, tmp
     summary = run(options(jobs_file, tmp_path), FakeStages(decoder_obj=FakeDecoder(fail={"a"})))
     assert list(summary.failed) == ["a"]
     assert output_items(tmp_path)["a"]["gt_lyric"] == old_lyric  # the old audio is still what is on disk
+
+
+def test_tokens_only_then_decode_only_then_a_full_run_keeps_everything(jobs_file, tmp_path):
+    run(options(jobs_file, tmp_path, tokens_only=True), FakeStages())
+    assert sorted(run(options(jobs_file, tmp_path, decode_only=True), FakeStages()).done) == ["a", "b", "c"]
+    assert sorted(run(options(jobs_file, tmp_path, decode_only=True), FakeStages()).skipped) == ["a", "b", "c"]
+    full = FakeStages()
+    assert sorted(run(options(jobs_file, tmp_path), full).skipped) == ["a", "b", "c"] and full.built == []
+
+
+def test_decode_only_re_decodes_when_the_stored_tokens_changed(jobs_file, tmp_path, capsys):
+    run(options(jobs_file, tmp_path), FakeStages())
+    run(options(jobs_file, tmp_path, seed=9, tokens_only=True), FakeStages())
+    capsys.readouterr()
+    summary = run(options(jobs_file, tmp_path, seed=9, decode_only=True), FakeStages())
+    assert sorted(summary.done) == ["a", "b", "c"]
+    assert "re-rendering a: its stored tokens differ from the ones its audio was decoded from" in \
+        capsys.readouterr().err
