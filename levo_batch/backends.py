@@ -7,10 +7,16 @@ instant and a decode-only run never loads the LM.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .runtime import RuntimePaths
+
+NOT_LM_SETTINGS = {"ckpt_dir", "runtime", "gen_type", "batch_size", "checkpoint_every", "decoder_batch",
+                   "decoder_compile", "device", "temperature", "top_k", "cfg_coef", "greedy", "max_duration", "lm_dtype"}
+"""Settings that never change a song's tokens, or enter the provenance recipe resolved (the checkpoint by content,
+sampling and duration with their defaults filled in, gen_type per song). Every other field of
+`GenerationSettings`, including any added later, is part of the recipe by default."""
 
 UPSTREAM_LOW_MEM_SAMPLING = {"temperature": 0.9, "top_k": 50}
 """Upstream's low-memory path samples differently from its default (SamplingParams' defaults)."""
@@ -89,7 +95,8 @@ class DefaultStages:
             from .lm.loading import model_id
 
             cfg = self._ckpt.config
-            out["lm"] = {"model": model_id(self._ckpt), "dtype": s.lm_load_dtype(),
+            rest = {k: v for k, v in asdict(s).items() if k not in NOT_LM_SETTINGS}
+            out["lm"] = {**rest, "model": model_id(self._ckpt), "lm_dtype": s.lm_load_dtype(),
                          "sampling": s.sampling().with_cfg_coef(cfg.cfg_coef).fingerprint(),
                          "max_duration": s.max_duration if s.max_duration is not None else cfg.max_dur}
         return out

@@ -168,16 +168,12 @@ def plan_songs(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...],
             continue  # finished audio and nothing stored to decode it from: it stays
         why = record_problem(tokens_path)
         if why is None:
-            tokens = stored_tokens_fingerprint(tokens_path) if opts.decode_only else None
+            tokens = read_record(tokens_path).fingerprint if opts.decode_only else None
             why = provenance.stale_reason(opts.save_dir, job.idx, stems, recipes[job.idx], tokens)
         if why is not None:
             redo[job.idx] = why
             todo.append(job)
     return todo, redo
-
-
-def stored_tokens_fingerprint(path: Path) -> str:
-    return read_record(path).fingerprint
 
 
 def print_plan(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...], redo: dict[str, str]) -> None:
