@@ -55,7 +55,7 @@ def test_help_documents_every_flag(capsys):
                  "--runtime-dir", "--lm-dtype", "--decoder-compile", "--checkpoint-every", "--temperature", "--top-k", "--greedy", "--device"):
         assert flag in text
     assert "no-op" in text  # says what --not_use_flash_attn does
-    for command in ("convert", "download"):
+    for command in ("convert", "download", "doctor"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--" in capsys.readouterr().out
