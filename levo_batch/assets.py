@@ -71,7 +71,8 @@ def doctor_lines(ckpt_dir: Path | None, runtime: RuntimePaths, needs: Needs) -> 
     if ckpt_dir is not None:
         ckpt, error = open_lm_checkpoint(ckpt_dir)
         if ckpt is not None:
-            lines.append(f"ok       LM checkpoint ({ckpt.source_format}, max_dur {ckpt.config.max_dur:g} s): {ckpt_dir}")
+            what = f"LM checkpoint ({ckpt.source_format}, max_dur {ckpt.config.max_dur:g} s)"
+            lines.append(f"ok       {what}: {ckpt_dir}")
         else:
             ok = not needs.lm
             lines.append(f"{'MISSING' if needs.lm else 'unused '}  {error.removeprefix('error: ')}")

@@ -13,7 +13,8 @@ from pathlib import Path
 from .runtime import RuntimePaths
 
 NOT_LM_SETTINGS = {"ckpt_dir", "runtime", "gen_type", "batch_size", "checkpoint_every", "decoder_batch",
-                   "decoder_compile", "device", "temperature", "top_k", "cfg_coef", "greedy", "max_duration", "lm_dtype"}
+                   "decoder_compile", "device", "temperature", "top_k", "cfg_coef", "greedy", "max_duration",
+                   "lm_dtype"}
 """Settings that never change a song's tokens, or enter the provenance recipe resolved (the checkpoint by content,
 sampling and duration with their defaults filled in, gen_type per song). Every other field of
 `GenerationSettings`, including any added later, is part of the recipe by default."""

@@ -68,7 +68,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--decode-only", action="store_true", help="only decode tokens already in SAVE_DIR/tokens")
     g.add_argument("--overwrite", action="store_true",
                    help="regenerate songs whose audio or tokens already exist (default: skip them)")
-    g.add_argument("--dry-run", action="store_true", help="validate the jsonl and print the plan, then exit")
+    g.add_argument("--dry-run", action="store_true",
+                   help="validate the jsonl, options, checkpoint and needed assets, print the plan (with what "
+                        "would be re-rendered and why), then exit")
     g.add_argument("--strict", action="store_true",
                    help="lyric warnings become errors; finished songs or token records made with other "
                         "settings or inputs are an error (before anything runs) instead of being re-rendered")
