@@ -198,7 +198,8 @@ def test_checkpoint_and_assets_are_checked_up_front(tiny, tmp_path, capsys):
     empty.mkdir()
     assert main(["generate", str(empty), str(jobs), str(tmp_path / "out"), "--runtime-dir", str(runtime)]) == 2
     err = capsys.readouterr().err
-    assert f"no LeVo LM checkpoint in {empty}" in err and f"levo-batch download --model v2-large --ckpt-dir {empty}" in err
+    assert f"no LeVo LM checkpoint in {empty}" in err
+    assert f"levo-batch download --model v2-large --ckpt-dir {empty}" in err
     assert main(["generate", str(ckpt), str(jobs), str(tmp_path / "out"), "--runtime-dir", str(tmp_path)]) == 2
     lines = messages(capsys.readouterr().err)
     assert [line.split(" not found")[0] for line in lines] == [
