@@ -185,7 +185,6 @@ BAD_OPTIONS = [
     (["--temperature", "inf"], "--temperature inf: must be a finite number > 0"),
     (["--top-k", "0"], "--top-k 0: must be a whole number >= 1"),
     (["--checkpoint-every", "0"], "--checkpoint-every 0: must be a whole number >= 1"),
-    (["--batch-size", "0"], "--batch-size 0: must be a whole number >= 1"),
     (["--decoder-batch", "0"], "--decoder-batch 0: must be a whole number >= 1"),
 ]
 
@@ -200,9 +199,9 @@ def test_bad_options_exit_2_before_anything_is_created(tiny, tmp_path, capsys, f
 
 
 def test_every_bad_option_is_reported_at_once(tiny, tmp_path, capsys):
-    assert generate(tiny, tmp_path / "out", "--batch-size", "0", "--top-k", "0", "--cfg-coef", "inf") == 2
+    assert generate(tiny, tmp_path / "out", "--decoder-batch", "0", "--top-k", "0", "--cfg-coef", "inf") == 2
     lines = messages(capsys.readouterr().err)
-    assert [line.split(":")[1].split()[0] for line in lines] == ["--batch-size", "--top-k", "--cfg-coef"]
+    assert [line.split(":")[1].split()[0] for line in lines] == ["--decoder-batch", "--top-k", "--cfg-coef"]
 
 
 def test_checkpoint_and_assets_are_checked_up_front(tiny, tmp_path, capsys):
