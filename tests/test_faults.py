@@ -117,3 +117,26 @@ def test_full_disk_before_the_lock_is_written_exits_2(jobs_file, tmpfs, capsys, 
     err = capsys.readouterr().err
     assert f"error: cannot write {save_dir}: the disk is full" in err and "Traceback" not in err
     assert not (save_dir / LOCK_NAME).exists()
+
+
+def test_permission_denied_while_writing_is_a_storage_error(tmp_path, monkeypatch):
+    """EACCES cannot be produced by file modes when the tests run as root, so the OS call is made to fail."""
+    import errno
+    import os
+
+    from levo_batch.store import atomic_write_bytes
+
+    def denied(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(StorageError, match=r"cannot write .*x\.bin: permission denied\. Everything finished"):
+        atomic_write_bytes(tmp_path / "x.bin", b"data")
+
+
+def test_save_dir_without_write_permission_is_refused_up_front(jobs_file, tmp_path, monkeypatch):
+    monkeypatch.setattr("levo_batch.preflight._writable", lambda folder: False)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(PreflightError, match=r"SAVE_DIR .*out is not writable \(permission denied\); fix its "
+                                             r"permissions or choose another folder"):
+        run(RunOptions(jobs_file, tmp_path / "out"), FakeStages())
