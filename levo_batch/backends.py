@@ -7,10 +7,17 @@ instant and a decode-only run never loads the LM.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .runtime import RuntimePaths
+
+NOT_LM_SETTINGS = {"ckpt_dir", "runtime", "gen_type", "batch_size", "checkpoint_every", "decoder_batch",
+                   "decoder_compile", "device", "temperature", "top_k", "cfg_coef", "greedy", "max_duration",
+                   "lm_dtype"}
+"""Settings that never change a song's tokens, or enter the provenance recipe resolved (the checkpoint by content,
+sampling and duration with their defaults filled in, gen_type per song). Every other field of
+`GenerationSettings`, including any added later, is part of the recipe by default."""
 
 UPSTREAM_LOW_MEM_SAMPLING = {"temperature": 0.9, "top_k": 50}
 """Upstream's low-memory path samples differently from its default (SamplingParams' defaults)."""
@@ -60,6 +67,43 @@ class DefaultStages:
     def __init__(self, settings: GenerationSettings):
         self.settings = settings
         self._generator = None
+        self._ckpt = None
+
+    def check(self, lm: bool) -> list[str]:
+        """Option ranges and, when the LM may run, the checkpoint folder (see `levo_batch.preflight`)."""
+        from .assets import open_lm_checkpoint
+        from .preflight import option_problems
+
+        error = None
+        if lm:
+            self._ckpt, error = open_lm_checkpoint(self.settings.ckpt_dir)
+        max_dur = self._ckpt.config.max_dur if self._ckpt is not None else None
+        return option_problems(self.settings, max_dur) + ([error] if error else [])
+
+    def assets(self, needs) -> list[str]:
+        from .assets import asset_problems
+
+        return asset_problems(self.settings.runtime, needs, self.settings.ckpt_dir)
+
+    def recipe(self, lm: bool) -> dict:
+        """What makes a song's audio besides the song itself, from the settings alone (no model loaded)."""
+        from .assets import runtime_assets
+        from .preflight import Needs
+
+        s = self.settings
+        files = {a.what: f"{a.path.name}:{a.path.stat().st_size}" for a in
+                 runtime_assets(s.runtime, Needs(decoder=True), None) if a.needed and a.present}
+        out = {"decoder": {"files": files, "low_mem": s.low_mem, "device": s.device or "auto",
+                           "compile": s.decoder_compile, "batch": 1 if s.low_mem else s.decoder_batch}}
+        if lm:
+            from .lm.loading import model_id
+
+            cfg = self._ckpt.config
+            rest = {k: v for k, v in asdict(s).items() if k not in NOT_LM_SETTINGS}
+            out["lm"] = {**rest, "model": model_id(self._ckpt), "lm_dtype": s.lm_load_dtype(),
+                         "sampling": s.sampling().with_cfg_coef(cfg.cfg_coef).fingerprint(),
+                         "max_duration": s.max_duration if s.max_duration is not None else cfg.max_dur}
+        return out
 
     def prompts(self):
         from .prompts.prepare import PromptPreparer

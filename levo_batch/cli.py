@@ -1,4 +1,4 @@
-"""Command line: `levo-batch generate|convert|download` (generate.sh is a thin wrapper over `generate`)."""
+"""Command line: `levo-batch generate|convert|download|doctor` (generate.sh is a thin wrapper over `generate`)."""
 
 from __future__ import annotations
 
@@ -87,10 +87,12 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--decode-only", action="store_true", help="only decode tokens already in SAVE_DIR/tokens")
     g.add_argument("--overwrite", action="store_true",
                    help="regenerate songs whose audio or tokens already exist (default: skip them)")
-    g.add_argument("--dry-run", action="store_true", help="validate the jsonl and print the plan, then exit")
+    g.add_argument("--dry-run", action="store_true",
+                   help="validate the jsonl, options, checkpoint and needed assets, print the plan (with what "
+                        "would be re-rendered and why), then exit")
     g.add_argument("--strict", action="store_true",
-                   help="lyric warnings become errors; stale token records are an error instead of "
-                        "being regenerated")
+                   help="lyric warnings become errors; finished songs or token records made with other "
+                        "settings or inputs are an error (before anything runs) instead of being re-rendered")
     g.add_argument("--runtime-dir", type=Path, default=None,
                    help="upstream runtime assets (default $LEVO_RUNTIME_DIR or ./third_party/SongGeneration)")
     g.add_argument("--decoder-compile", action="store_true",
@@ -109,16 +111,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .errors import LevoError
     from .jobs import JobsError
     from .pipeline import RunOptions, run
+    from .preflight import PreflightError
     from .progress import log, setup_logging
     from .runtime import RuntimePaths
 
     setup_logging()
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
-        return EXIT_USAGE
-    if not args.decode_only and not args.dry_run and not args.ckpt_dir.is_dir():
-        log(f"error: checkpoint folder {args.ckpt_dir} not found (expected config.yaml + model.pt, or an "
-            f"MLX conversion with config.json + *.safetensors)")
         return EXIT_USAGE
     gen_type = gen_type_of(args)
     opts = RunOptions(args.input_jsonl, Path(args.save_dir), gen_type, args.seed, args.tokens_only,
@@ -133,11 +132,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
         decoder_compile=args.decoder_compile)
     try:
         summary = run(opts, DefaultStages(settings))
-    except JobsError as exc:
+    except (JobsError, PreflightError) as exc:
         log(str(exc))
         return EXIT_USAGE
     except (LevoError, FileNotFoundError) as exc:
         log(f"error: {exc}")
+        return EXIT_USAGE
+    except OSError as exc:
+        from .store import STORAGE_ERRNOS, storage_message
+
+        if exc.errno not in STORAGE_ERRNOS:
+            raise
+        log(f"error: {storage_message(Path(exc.filename or args.save_dir), exc)}")
         return EXIT_USAGE
     except BaseException as exc:
         from .interrupt import StopRequested
@@ -189,10 +195,48 @@ def add_download(sub: argparse._SubParsersAction) -> None:
 
 def cmd_download(args: argparse.Namespace) -> int:
     from .download import download
+    from .errors import LevoError
     from .runtime import RuntimePaths
 
-    download(RuntimePaths.resolve(args.runtime_dir), args.model, args.ckpt_dir)
+    try:
+        download(RuntimePaths.resolve(args.runtime_dir), args.model, args.ckpt_dir)
+    except LevoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print("done")
     return 0
+
+
+def add_doctor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("doctor", help="list which checkpoint and runtime files a run needs and which are missing",
+                       description="Check, without loading anything, that the LM checkpoint and the runtime assets "
+                                   "a jsonl needs are present (auto-prompt library only if a song uses it, the "
+                                   "separator only if a song has prompt audio, ...). Exit 0: ready; 2: missing.")
+    p.add_argument("ckpt_dir", type=Path, help="LM checkpoint folder")
+    p.add_argument("input_jsonl", type=Path, nargs="?", default=None,
+                   help="the jobs to check for (default: everything any jsonl could need)")
+    p.add_argument("--runtime-dir", type=Path, default=None, help="upstream runtime assets (as for generate)")
+    p.set_defaults(func=cmd_doctor)
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .assets import EVERYTHING, doctor_lines
+    from .jobs import JobsError, load_jobs
+    from .preflight import Needs
+    from .runtime import RuntimePaths
+
+    needs = EVERYTHING
+    if args.input_jsonl is not None:
+        try:
+            jobs, _ = load_jobs(args.input_jsonl)
+        except JobsError as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_USAGE
+        needs = Needs.of(jobs, tokens_only=False, decode_only=False)
+    lines, ok = doctor_lines(args.ckpt_dir, RuntimePaths.resolve(args.runtime_dir), needs)
+    print("\n".join(lines))
+    print("ready" if ok else "not ready: fetch the MISSING files (commands above), then run again")
+    return 0 if ok else EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
     add_convert(sub)
     add_download(sub)
+    add_doctor(sub)
     return parser
 
 

@@ -21,21 +21,32 @@ CHECKPOINTS = {
     "base-new": "lglg666/SongGeneration-base-new",
 }
 
-AUTO_PROMPT_HINT = (
-    "The auto-prompt library tools/new_auto_prompt.pt is kept in upstream's GitHub repository (Git LFS): "
-    "copy it to {path} to use auto_prompt_audio_type."
-)
+def missing_after_download(runtime: RuntimePaths) -> None:
+    """A download that "succeeded" without the files (partial mirror, changed bundle) must not look fine."""
+    from .assets import EVERYTHING, runtime_assets
+    from .fetch import DownloadError
+
+    missing = [a for a in runtime_assets(runtime, EVERYTHING, None) if not a.present and a.path != runtime.auto_prompt]
+    if missing:
+        raise DownloadError(f"{RUNTIME_REPO} did not provide {', '.join(str(a.path) for a in missing)}; retry, "
+                            f"or download them by hand (see third_party/SongGeneration/README.md)")
 
 
 def download(runtime: RuntimePaths, model: str | None, ckpt_dir: Path | None) -> None:
+    """Everything the sample album needs; raises `fetch.DownloadError` (one line) on any network failure."""
     from huggingface_hub import snapshot_download
 
+    from .fetch import check_reachable, fetch_auto_prompt, hub_download, hub_endpoint
+
+    check_reachable(hub_endpoint())
     runtime.root.mkdir(parents=True, exist_ok=True)
     print(f"runtime assets -> {runtime.root}")
-    snapshot_download(RUNTIME_REPO, local_dir=runtime.root, allow_patterns=list(RUNTIME_FILES))
+    hub_download("the runtime assets", lambda: snapshot_download(
+        RUNTIME_REPO, local_dir=runtime.root, allow_patterns=list(RUNTIME_FILES)))
+    missing_after_download(runtime)
     if model is not None:
         target = ckpt_dir or Path("ckpt") / f"songgeneration_{model.replace('-', '_')}"
         print(f"{model} checkpoint -> {target}")
-        snapshot_download(CHECKPOINTS[model], local_dir=target)
-    if not runtime.auto_prompt.exists():
-        print(AUTO_PROMPT_HINT.format(path=runtime.auto_prompt))
+        hub_download(f"the {model} checkpoint", lambda: snapshot_download(CHECKPOINTS[model], local_dir=target))
+    print(f"auto-prompt library -> {runtime.auto_prompt}")
+    fetch_auto_prompt(runtime.auto_prompt)

@@ -7,3 +7,7 @@ its traceback. Per-song problems (`prompts.errors.PromptError`) are handled insi
 
 class LevoError(Exception):
     """An input, asset or state problem the user can fix; the message says how."""
+
+
+class StorageError(LevoError):
+    """SAVE_DIR cannot be written (disk full, read-only, permissions): the run stops at once, resumable."""

@@ -2,7 +2,9 @@
 
 The first signal only raises a flag; the pipeline checks it after each persisted step (token checkpoint,
 finished song, written FLAC) and unwinds with `StopRequested`. A second signal stops at once; the
-atomic writers guarantee that even then no half-written file is left behind.
+atomic writers guarantee that even then no half-written file is left behind. Where nothing of ours is
+being written (loading models, preparing prompts, decoding a song's windows), the pipeline wraps the work
+in `stop_at_once()` so that the first signal interrupts it without waiting for it to end.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ class StopRequested(BaseException):
     """Raised at a safe point after Ctrl-C/SIGTERM (a BaseException so generic handlers let it through)."""
 
     _requested = threading.Event()
+    _at_once = threading.Event()
 
     @classmethod
     def check(cls) -> None:
@@ -32,7 +35,8 @@ def interruptible() -> Iterator[None]:
         return
 
     def handle(signum, frame):
-        if StopRequested._requested.is_set():
+        if StopRequested._requested.is_set() or StopRequested._at_once.is_set():
+            StopRequested._requested.set()
             raise KeyboardInterrupt
         StopRequested._requested.set()
 
@@ -44,3 +48,14 @@ def interruptible() -> Iterator[None]:
         for sig, old in previous.items():
             signal.signal(sig, old)
         StopRequested._requested.clear()
+
+
+@contextmanager
+def stop_at_once() -> Iterator[None]:
+    """Inside this block the first Ctrl-C raises KeyboardInterrupt at once (only for work that writes nothing)."""
+    StopRequested.check()
+    StopRequested._at_once.set()
+    try:
+        yield
+    finally:
+        StopRequested._at_once.clear()

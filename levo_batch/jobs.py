@@ -75,13 +75,14 @@ class JobsError(LevoError, ValueError):
         super().__init__("\n".join([*lines, summary + "; fix them and run again."]))
 
 
-def load_jobs(path: Path, *, strict: bool = False, cwd: Path | None = None) -> tuple[list[Job], list[Problem]]:
+def load_jobs(path: Path, *, strict: bool = False, cwd: Path | None = None,
+              gen_type: str = "mixed") -> tuple[list[Job], list[Problem]]:
     """Validate the whole jsonl at `path`, returning its jobs in input order and the warnings.
 
     Raises JobsError listing every problem if any line has an error (or a warning, with `strict`). Relative
     `prompt_audio_path`s are looked up next to the jsonl first, then in `cwd` (default: the working directory),
     so a jsonl keeps working when run from elsewhere while upstream-style cwd-relative paths still resolve.
-    Never writes anything.
+    With `gen_type` "separate", an idx that names another song's stem file is an error. Never writes anything.
     """
     path = Path(path)
     search_dirs = _unique([path.absolute().parent, Path(cwd or os.getcwd()).absolute()])
@@ -98,7 +99,7 @@ def load_jobs(path: Path, *, strict: bool = False, cwd: Path | None = None) -> t
             jobs.append(job)
     if not first_line and not problems:
         problems.append(Problem(path, 0, "file", "contains no jobs; write one JSON object per line"))
-    problems += _name_clashes(path, first_line)
+    problems += _name_clashes(path, first_line, separate=gen_type == "separate")
     problems.sort(key=lambda p: p.line)
     if any(p.severity == "error" or strict for p in problems):
         raise JobsError(problems, strict=strict)
@@ -294,8 +295,8 @@ def _check_unknown_keys(item: dict, at: _Line) -> None:
             at.warning(key, f"unknown key, passed through unchanged; did you mean {close[0]!r}?")
 
 
-def _name_clashes(path: Path, first_line: dict[str, int]) -> list[Problem]:
-    """Distinct idx values whose output files still collide on some systems or with --separate."""
+def _name_clashes(path: Path, first_line: dict[str, int], *, separate: bool) -> list[Problem]:
+    """Distinct idx values whose output files collide on some systems (warning) or with --separate (error)."""
     problems = []
     by_folded: dict[str, str] = {}
     for idx, line in first_line.items():
@@ -304,12 +305,12 @@ def _name_clashes(path: Path, first_line: dict[str, int]) -> list[Problem]:
             problems.append(Problem(path, line, "idx", (
                 f"{idx!r} differs from {other!r} (line {first_line[other]}) only in letter case; on macOS and "
                 f"Windows their audio files overwrite each other: rename one"), "warning"))
-        for suffix in _STEM_SUFFIXES:
+        for suffix in _STEM_SUFFIXES if separate else ():
             base = idx.removesuffix(suffix)
             if base != idx and base in first_line:
                 problems.append(Problem(path, line, "idx", (
                     f"with --separate, the {suffix[1:]} stem of {base!r} (line {first_line[base]}) is also written to "
-                    f"audios/{idx}.flac and overwrites this song: rename one"), "warning"))
+                    f"audios/{idx}.flac and would overwrite this song: rename one")))
     return problems
 
 

@@ -100,7 +100,12 @@ class RunLock:
                 if not self._clear_if_stale(settled=time.monotonic() > deadline):
                     time.sleep(0.05)
                 continue
-            self._claim(fd)
+            try:
+                self._claim(fd)
+            except BaseException:  # e.g. a full disk: leave no empty lock file behind
+                os.close(fd)
+                self.path.unlink(missing_ok=True)
+                raise
             return self
 
     def __exit__(self, *exc) -> None:

@@ -14,11 +14,14 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from .interrupt import StopRequested, interruptible
+from . import provenance
+from .errors import StorageError
+from .interrupt import StopRequested, interruptible, stop_at_once
 from .jobs import Job, load_jobs
 from .lock import RunLock
 from .outputs import audio_paths, is_done, output_item, output_jsonl_path, write_flac, write_output_jsonl
-from .progress import LMProgress, log, song_bar
+from .preflight import Needs, decode_only_problems, raise_if, save_dir_problems
+from .progress import LMProgress, SongProgress, log, timed
 from .stages import (
     AudioDecoder,
     DecodeRequest,
@@ -27,7 +30,7 @@ from .stages import (
     TokenGenerator,
     song_seed,
 )
-from .store import Fingerprint, TokenStore, sweep_temp_files
+from .store import Fingerprint, TokenStore, read_record, record_problem, sweep_temp_files
 from .text import lm_texts
 
 
@@ -40,6 +43,15 @@ class PromptSource(Protocol):
 
 class Stages(Protocol):
     """Factories for the models; each is called at most once per run, only when its phase has work."""
+
+    def check(self, lm: bool) -> list[str]:
+        """Up-front problems of the settings (and of the LM checkpoint when `lm`), one line each."""
+
+    def assets(self, needs: Needs) -> list[str]:
+        """Missing files among those the pending songs need, one line each."""
+
+    def recipe(self, lm: bool) -> dict:
+        """Settings that decide the audio (`"decoder"`, and `"lm"` when `lm`), without loading a model."""
 
     def prompts(self) -> PromptSource: ...
 
@@ -70,6 +82,8 @@ class Summary:
     failed: dict[str, str] = field(default_factory=dict)
     audio_seconds: float = 0.0
     wall_seconds: float = 0.0
+    outputs: list[Path] = field(default_factory=list)
+    """SAVE_DIR's audio folder and output jsonl, named in the report."""
 
     @property
     def exit_code(self) -> int:
@@ -81,6 +95,8 @@ class Summary:
             f"{self.audio_seconds:.1f} s of audio in {self.wall_seconds:.1f} s"
         ]
         lines += [f"  failed {idx}: {why}" for idx, why in self.failed.items()]
+        if self.outputs:
+            lines.append("outputs: " + ", ".join(map(str, self.outputs)))
         return "\n".join(lines)
 
 
@@ -94,46 +110,78 @@ def lm_mode(gen_type: str) -> str:
 
 
 def run(opts: RunOptions, stages: Stages) -> Summary:
-    """Render every job of `opts.input_path`; raises before touching SAVE_DIR if the input is invalid."""
+    """Render every job of `opts.input_path`; raises before touching SAVE_DIR if anything cannot work."""
     started = time.monotonic()
-    jobs, warnings = load_jobs(opts.input_path, strict=opts.strict)
+    jobs, warnings = load_jobs(opts.input_path, strict=opts.strict, gen_type=opts.gen_type)
     for problem in warnings:
         log(f"warning: {problem}")
     summary = Summary()
     stems = stems_for(opts.gen_type)
+    raise_if(save_dir_problems(opts.save_dir) + stages.check(not opts.decode_only))
+    settings = stages.recipe(not opts.decode_only)
+    recipes = {job.idx: provenance.song_recipe(job, opts.gen_type, opts.seed, settings) for job in jobs}
+    todo, redo = plan_songs(jobs, opts, stems, recipes)
+    if redo and opts.strict:
+        raise provenance.strict_refusal(redo)
+    raise_if(stages.assets(Needs.of(todo, tokens_only=opts.tokens_only, decode_only=opts.decode_only))
+             + (decode_only_problems(todo, opts.save_dir / "tokens") if opts.decode_only else []))
     if opts.dry_run:
-        print_plan(jobs, opts, stems)
+        print_plan(jobs, opts, stems, redo)
         return summary
+    summary.skipped = [job.idx for job in jobs if job not in todo]
+    summary.outputs = [opts.save_dir / "tokens"] if opts.tokens_only else \
+        [opts.save_dir / "audios", output_jsonl_path(opts.save_dir, opts.input_path)]
+    log(f"{len(jobs)} songs in {opts.input_path}: {len(todo)} to render, {len(summary.skipped)} already done")
+    for idx, why in redo.items():
+        log(f"re-rendering {idx}: {why}")
     opts.save_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(opts.save_dir), interruptible():
         store = TokenStore(opts.save_dir, strict=opts.strict)
-        for folder in ("audios", "jsonl"):
+        for folder in ("audios", "jsonl", provenance.FOLDER):
             sweep_temp_files(opts.save_dir / folder)
-        todo = []
-        for job in jobs:
-            if not opts.overwrite and is_done(opts.save_dir, job.idx, stems):
-                summary.skipped.append(job.idx)
-            else:
-                todo.append(job)
+        for job in todo:
+            provenance.set_aside_unreadable(opts.save_dir, job.idx)
         prompts: dict[str, Prompt] = {}
         if todo:
             prompts = prepare_prompts(todo, opts, stages, summary)
             todo = [job for job in todo if job.idx in prompts]
         if todo and not opts.decode_only:
-            lm_phase(todo, prompts, opts, stages, store)
+            lm_phase(todo, prompts, opts, stages, store, recipes)
         if todo and not opts.tokens_only:
-            decoder_phase(todo, prompts, opts, stages, store, summary, stems)
+            decoder_phase(todo, prompts, opts, stages, store, summary, stems, recipes)
         if not opts.tokens_only:
-            write_results(jobs, opts, store, stems)
+            write_results(jobs, opts)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
 
-def print_plan(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...]) -> None:
+def plan_songs(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...],
+               recipes: dict[str, dict]) -> tuple[list[Job], dict[str, str]]:
+    """Songs to render, and why each finished one must be re-rendered (reads files only, writes nothing)."""
+    todo, redo = [], {}
+    for job in jobs:
+        if opts.overwrite or not is_done(opts.save_dir, job.idx, stems):
+            todo.append(job)
+            continue
+        tokens_path = opts.save_dir / "tokens" / f"{job.idx}.npz"
+        if opts.decode_only and not tokens_path.exists():
+            continue  # finished audio and nothing stored to decode it from: it stays
+        why = record_problem(tokens_path)
+        if why is None:
+            tokens = read_record(tokens_path).fingerprint if opts.decode_only else None
+            why = provenance.stale_reason(opts.save_dir, job.idx, stems, recipes[job.idx], tokens)
+        if why is not None:
+            redo[job.idx] = why
+            todo.append(job)
+    return todo, redo
+
+
+def print_plan(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...], redo: dict[str, str]) -> None:
     for job in jobs:
         prompt = ("prompt audio" if job.prompt_audio_path else
                   f"auto prompt {job.auto_prompt_audio_type}" if job.auto_prompt_audio_type else "no prompt")
-        print(f"{job.idx}: {planned_work(job, opts, stems)} [{prompt}]")
+        work = f"re-render ({redo[job.idx]})" if job.idx in redo else planned_work(job, opts, stems)
+        print(f"{job.idx}: {work} [{prompt}]")
     print(f"{len(jobs)} jobs, generation type {opts.gen_type}, output {opts.save_dir}")
 
 
@@ -143,7 +191,7 @@ def planned_work(job: Job, opts: RunOptions, stems: tuple[str, ...]) -> str:
         return "audio present: skip"
     tokens = opts.save_dir / "tokens" / f"{job.idx}.npz"
     if opts.decode_only:
-        return "decode stored tokens" if tokens.exists() else "no stored tokens: will fail (--decode-only)"
+        return "decode stored tokens"
     if opts.overwrite:
         lm = "redo: LM"
     elif tokens.exists():
@@ -166,8 +214,11 @@ def prepare_prompts(jobs: Sequence[Job], opts: RunOptions, stages: Stages, summa
             prompts[job.idx] = Prompt(tokens=None)
             continue
         source = source or stages.prompts()
+        started = time.monotonic()
         try:
-            prompts[job.idx] = source.prepare(job, song_seed(opts.seed, job.idx))
+            with stop_at_once():
+                prompts[job.idx] = source.prepare(job, song_seed(opts.seed, job.idx))
+            log(f"prompt of {job.idx} ready: {time.monotonic() - started:.1f} s")
         except PromptError as exc:
             summary.failed[job.idx] = str(exc)
             log(f"error: {job.idx}: {exc}")
@@ -209,8 +260,9 @@ class StoreSink:
 
 
 def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, stages: Stages,
-             store: TokenStore) -> None:
-    generator = stages.generator()
+             store: TokenStore, recipes: dict[str, dict]) -> None:
+    with timed("loading the LM"), stop_at_once():
+        generator = stages.generator()
     generator_fp = generator.fingerprint()
     fps, metas, requests = {}, {}, []
     for job in jobs:
@@ -225,7 +277,7 @@ def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, 
             continue
         request.resume = store.load_partial(job.idx, fp)
         fps[job.idx] = fp
-        metas[job.idx] = {"seed": request.seed, "prompt": prompt.info}
+        metas[job.idx] = {"seed": request.seed, "prompt": prompt.info, "recipe_lm": recipes[job.idx].get("lm")}
         requests.append(request)
     if not requests:
         return
@@ -236,31 +288,36 @@ def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, 
 
 
 def decoder_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, stages: Stages,
-                  store: TokenStore, summary: Summary, stems: tuple[str, ...]) -> None:
-    requests = []
+                  store: TokenStore, summary: Summary, stems: tuple[str, ...], recipes: dict[str, dict]) -> None:
+    requests, writer = [], AudioWriter(opts, summary)
     for job in jobs:
         record = store.load_any(job.idx)
         if record is None:
             summary.failed.setdefault(job.idx, "no complete tokens to decode (run without --decode-only)")
             continue
+        recipe = recipes[job.idx]
+        if opts.decode_only:
+            recipe = {**recipe, "lm": record.meta.get("recipe_lm")}
+        writer.records[job.idx] = (recipe, record.fingerprint, job.item, prompts[job.idx].info)
         requests.append(DecodeRequest(job.idx, record.tokens, opts.gen_type, song_seed(opts.seed, job.idx),
                                       prompts[job.idx].audio))
     if not requests:
         return
-    decoder = stages.decoder()
+    with timed("loading the decoder"), stop_at_once():
+        writer.decoder = stages.decoder()
     log(f"decoder phase: {len(requests)} songs")
-    with song_bar(len(requests), "decoding") as bar:
+    with SongProgress(len(requests), "decoding") as writer.bar:
         pending = {r.idx: r for r in requests}
         try:
-            decode_into(decoder, list(pending.values()), opts, pending, summary, bar)
-        except StopRequested:
+            writer.decode(list(pending.values()), pending)
+        except (StopRequested, StorageError):
             raise
         except Exception as exc:  # one bad song must not sink the batch: retry the rest one by one
             log(f"warning: batched decode failed ({exc}); decoding the remaining songs one at a time")
             for request in list(pending.values()):
                 try:
-                    decode_into(decoder, [request], opts, pending, summary, bar)
-                except StopRequested:
+                    writer.decode([request], pending)
+                except (StopRequested, StorageError):
                     raise
                 except Exception as one:
                     pending.pop(request.idx)
@@ -268,27 +325,46 @@ def decoder_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOpti
                     log(f"error: {request.idx}: decoding failed: {one}")
 
 
-def decode_into(decoder: AudioDecoder, requests: list[DecodeRequest], opts: RunOptions,
-                pending: dict[str, DecodeRequest], summary: Summary, bar) -> None:
-    for idx, audio in decoder.decode(requests):
-        paths = audio_paths(opts.save_dir, idx, tuple(audio))
-        for stem, path in paths.items():
-            write_flac(path, audio[stem], decoder.sample_rate)
-        pending.pop(idx, None)
-        summary.done.append(idx)
-        summary.audio_seconds += audio["main"].shape[-1] / decoder.sample_rate
-        bar.update(1)
-        StopRequested.check()
+class AudioWriter:
+    """Writes each decoded song's FLACs, then its provenance record (so a record always matches its files)."""
+
+    def __init__(self, opts: RunOptions, summary: Summary):
+        self.opts, self.summary = opts, summary
+        self.records: dict[str, tuple[dict, str, dict, dict]] = {}
+        self.decoder: AudioDecoder | None = None
+        self.bar = None
+
+    def decode(self, requests: list[DecodeRequest], pending: dict[str, DecodeRequest]) -> None:
+        save_dir = self.opts.save_dir
+        songs = self.decoder.decode(requests)
+        while True:
+            with stop_at_once():  # decoding writes nothing until a song is complete
+                idx, audio = next(songs, (None, None))
+            if idx is None:
+                return
+            for stem, path in audio_paths(save_dir, idx, tuple(audio)).items():
+                write_flac(path, audio[stem], self.decoder.sample_rate)
+            recipe, tokens, item, facts = self.records[idx]
+            provenance.write(save_dir, idx, tuple(audio), recipe, tokens, item, facts)
+            pending.pop(idx, None)
+            self.summary.done.append(idx)
+            self.summary.audio_seconds += audio["main"].shape[-1] / self.decoder.sample_rate
+            self.bar.update(idx)
+            StopRequested.check()
 
 
-def write_results(jobs: Sequence[Job], opts: RunOptions, store: TokenStore, stems: tuple[str, ...]) -> None:
-    """Upstream's result jsonl: every finished item in input order, plus `wav_path` and prompt facts."""
+def write_results(jobs: Sequence[Job], opts: RunOptions) -> None:
+    """Upstream's result jsonl, in input order: every song whose audio is on disk, described by the provenance
+    record of that audio (input item, `wav_path`, prompt facts), not by the jsonl of this run."""
     items = []
     for job in jobs:
-        if not is_done(opts.save_dir, job.idx, stems):
+        if not is_done(opts.save_dir, job.idx, stems_for(opts.gen_type)):
             continue
-        record = store.load_any(job.idx)
-        extra = record.meta.get("prompt") if record is not None else None
-        items.append(output_item(job.item, opts.save_dir_text or str(opts.save_dir), extra))
+        try:
+            record = provenance.read(opts.save_dir, job.idx)
+        except ValueError:
+            continue
+        if record is not None:
+            items.append(output_item(record.item, opts.save_dir_text or str(opts.save_dir), record.facts))
     if items:
         write_output_jsonl(output_jsonl_path(opts.save_dir, opts.input_path), items)

@@ -23,6 +23,7 @@ any of those changed never continues (or reuses) it.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -36,7 +37,7 @@ from typing import BinaryIO, Callable, Literal, Mapping
 import numpy as np
 import orjson
 
-from levo_batch.errors import LevoError
+from levo_batch.errors import LevoError, StorageError
 from levo_batch.lock import pid_alive
 
 log = logging.getLogger(__name__)
@@ -49,9 +50,30 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write `path` through `write(f)` so readers (and crashes) only ever see the old or the new file.
 
     The temp file sits in the same directory (a rename is only atomic within one file system) and carries
-    the writer's PID, so `sweep_temp_files` can tell an abandoned one from one being written.
+    the writer's PID, so `sweep_temp_files` can tell an abandoned one from one being written. A full disk,
+    a read-only file system or a permission problem raises `StorageError` (the run cannot go on).
     """
     path = Path(path)
+    try:
+        _atomic_write(path, write)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            raise StorageError(storage_message(path, e)) from e
+        raise
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def storage_message(path: Path, e: OSError) -> str:
+    what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+            errno.EROFS: "the file system is read-only", errno.ENOTDIR: "a parent of it is not a folder"}
+    reason = what.get(e.errno, "permission denied")
+    return (f"cannot write {path}: {reason}. Everything finished so far is kept: fix this (free space, "
+            f"permissions or another SAVE_DIR) and rerun the same command to resume.")
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
@@ -65,6 +87,14 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -143,11 +173,11 @@ def _digest(fp: FingerprintLike) -> str:
     return fp.digest if isinstance(fp, Fingerprint) else fp
 
 
-def _differences(old: object, new: object, prefix: str = "") -> list[str]:
+def differences(old: object, new: object, prefix: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
         found = []
         for key in sorted(set(old) | set(new)):
-            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+            found += differences(old.get(key), new.get(key), f"{prefix}{key}.")
         return found
     if old == new:
         return []
@@ -223,23 +253,17 @@ class TokenStore:
         if not path.exists():
             return None
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                record = Record(
-                    tokens=npz["tokens"].astype(np.int64),
-                    fingerprint=str(npz["fingerprint"]),
-                    meta=orjson.loads(npz["meta"].tobytes()),
-                )
-            if record.tokens.ndim != 2 or record.tokens.shape[0] != 3:
-                raise ValueError(f"tokens have shape {record.tokens.shape}")
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
-            log.warning("Ignoring unreadable token record %s (%s); song %s will be regenerated.", path, e, idx)
+            return read_record(path)
+        except _UNREADABLE as e:
+            moved = move_aside(path)
+            log.warning("Unreadable token record %s (%s): moved aside to %s; song %s will be regenerated.",
+                        path, e, moved.name, idx)
             return None
-        return record
 
     def _stale(self, idx: str, path: Path, old_parts: dict | None, fp: FingerprintLike) -> None:
         changed = ""
         if old_parts is not None and isinstance(fp, Fingerprint):
-            changed = "; changed: " + ", ".join(_differences(old_parts, fp.parts))
+            changed = "; changed: " + ", ".join(differences(old_parts, fp.parts))
         if self.strict:
             raise StaleRecordError(
                 f"{path} holds tokens for song {idx} made with different settings{changed}. Rerun with "
@@ -268,8 +292,10 @@ class TokenStore:
                     log.info("Discarding checkpoint %s: it was made with different settings.", path)
                     return None
                 return {key: npz[key] for key in npz.files if key != _FP_KEY}
-        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
-            log.warning("Ignoring unreadable checkpoint %s (%s); song %s restarts from scratch.", path, e, idx)
+        except _UNREADABLE as e:
+            moved = move_aside(path)
+            log.warning("Unreadable checkpoint %s (%s): moved aside to %s; song %s restarts from scratch.",
+                        path, e, moved.name, idx)
             return None
 
     def status(self, idx: str, fp: FingerprintLike) -> Status:
@@ -290,6 +316,37 @@ class TokenStore:
         self.partial_path(idx).unlink(missing_ok=True)
 
 
+def move_aside(path: Path) -> Path:
+    """Rename an unreadable file to `*.corrupt` (kept for inspection, out of the run's way)."""
+    target = path.with_name(path.name + ".corrupt")
+    os.replace(path, target)
+    return target
+
+
+_UNREADABLE = (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile)
+
+
+def read_record(path: Path) -> Record:
+    """Raises one of `_UNREADABLE` when the file is damaged."""
+    with np.load(path, allow_pickle=False) as npz:
+        record = Record(tokens=npz["tokens"].astype(np.int64), fingerprint=str(npz["fingerprint"]),
+                        meta=orjson.loads(npz["meta"].tobytes()))
+    if record.tokens.ndim != 2 or record.tokens.shape[0] != 3:
+        raise ValueError(f"tokens have shape {record.tokens.shape}")
+    return record
+
+
+def record_problem(path: Path) -> str | None:
+    """Why a finished token record cannot be read, or None (absent or fine)."""
+    if not path.exists():
+        return None
+    try:
+        read_record(path)
+    except _UNREADABLE as e:
+        return f"its token record {path} is unreadable ({e})"
+    return None
+
+
 def _narrowest_int(a: np.ndarray) -> type:
     """Codes (< 16386) fit int16; anything else an LM might emit is kept exactly in a wider type."""
     lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
@@ -301,5 +358,5 @@ def _stored_digest(path: Path, key: str) -> str | None:
     try:
         with np.load(path, allow_pickle=False) as npz:
             return str(npz[key])
-    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile):
+    except _UNREADABLE:
         return None

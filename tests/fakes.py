@@ -110,6 +110,22 @@ class FakeStages:
     decoder_obj: FakeDecoder = field(default_factory=FakeDecoder)
     prompts_obj: FakePrompts = field(default_factory=FakePrompts)
     built: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    missing_assets: list[str] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    """Extra recipe entries, standing in for CLI settings that change the audio (e.g. a temperature)."""
+
+    def check(self, lm: bool) -> list[str]:
+        return list(self.problems)
+
+    def assets(self, needs) -> list[str]:
+        return list(self.missing_assets)
+
+    def recipe(self, lm: bool) -> dict:
+        out = {"decoder": self.decoder_obj.fingerprint()}
+        if lm:
+            out["lm"] = {**self.generator_obj.fingerprint(), **self.settings}
+        return out
 
     def prompts(self):
         self.built.append("prompts")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,7 +69,7 @@ def test_help_documents_every_flag(capsys):
                  "--temperature", "--top-k", "--greedy", "--device"):
         assert flag in text
     assert "no-op" in text  # says what --not_use_flash_attn does
-    for command in ("convert", "download"):
+    for command in ("convert", "download", "doctor"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--" in capsys.readouterr().out
@@ -77,9 +78,7 @@ def test_help_documents_every_flag(capsys):
 def test_invalid_jsonl_exits_2_with_file_line_field(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"idx": "a", "gt_lyric": LYRIC}) + "\n{not json\n")
-    ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
-    assert main(["generate", str(ckpt), str(bad), str(tmp_path / "out")]) == 2
+    assert main(["generate", str(tmp_path), str(bad), str(tmp_path / "out")]) == 2
     assert f"{bad}:2:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
@@ -91,29 +90,44 @@ def test_missing_checkpoint_dir_exits_2(tmp_path, capsys):
     assert "checkpoint folder" in capsys.readouterr().err
 
 
-def test_generate_sh_forwards_to_the_cli(tmp_path):
-    good = tmp_path / "ok.jsonl"
-    good.write_text(json.dumps({"idx": "song1", "gt_lyric": LYRIC}) + "\n")
+def test_generate_sh_forwards_to_the_cli(tiny, tmp_path):
+    ckpt, jobs, runtime = tiny
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    done = subprocess.run(["sh", str(REPO / "generate.sh"), "ck", str(good), str(tmp_path / "out"), "--bgm",
-                           "--dry-run"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    done = subprocess.run(["sh", str(REPO / "generate.sh"), str(ckpt), str(jobs), str(tmp_path / "out"), "--bgm",
+                           "--dry-run", "--runtime-dir", str(runtime)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "song1: new: LM, then decode" in done.stdout and "generation type bgm" in done.stdout
+    assert "a: new: LM, then decode" in done.stdout and "generation type bgm" in done.stdout
 
 
 def test_download_fetches_only_inference_assets(tmp_path, monkeypatch, capsys):
     import huggingface_hub
 
+    from levo_batch import fetch
+    from levo_batch.assets import EVERYTHING, runtime_assets
+    from levo_batch.runtime import RuntimePaths
+
     calls = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append((repo, kw)))
+
+    def snapshot(repo, **kw):
+        calls.append((repo, kw))
+        if repo == "lglg666/SongGeneration-Runtime":
+            for asset in runtime_assets(RuntimePaths(kw["local_dir"]), EVERYTHING, None):
+                asset.path.parent.mkdir(parents=True, exist_ok=True)
+                asset.path.touch()
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
+    monkeypatch.setattr(fetch, "check_reachable", lambda url: None)
+    monkeypatch.setattr(fetch, "fetch_auto_prompt", lambda dest: calls.append(("auto-prompt", dest)))
     assert main(["download", "--runtime-dir", str(tmp_path / "rt"), "--model", "v2-large",
                  "--ckpt-dir", str(tmp_path / "ck")]) == 0
-    (runtime_repo, runtime_kw), (model_repo, model_kw) = calls
+    (runtime_repo, runtime_kw), (model_repo, model_kw), auto = calls
     assert runtime_repo == "lglg666/SongGeneration-Runtime" and runtime_kw["local_dir"] == (tmp_path / "rt").resolve()
     assert "ckpt/model_septoken/*" in runtime_kw["allow_patterns"]
     assert not any("encode-s12k" in p for p in runtime_kw["allow_patterns"])
     assert model_repo == "lglg666/SongGeneration-v2-large" and model_kw["local_dir"] == tmp_path / "ck"
-    assert "new_auto_prompt.pt" in capsys.readouterr().out
+    assert auto == ("auto-prompt", RuntimePaths.resolve(tmp_path / "rt").auto_prompt)
+    assert "auto-prompt library ->" in capsys.readouterr().out
 
 
 def test_convert_command_writes_a_loadable_mlx_folder(tmp_path, capsys):
@@ -127,15 +141,91 @@ def test_convert_command_writes_a_loadable_mlx_folder(tmp_path, capsys):
     assert loaded.source_format == "mlx" and loaded.config.quantization["bits"] == 8
 
 
-def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, fixtures):
+    """A tiny official checkpoint, a complete tiny runtime and a two-song jsonl."""
+    import tiny_runtime
+    from lm_checkpoints import write_official_checkpoint
+
+    root = tmp_path_factory.mktemp("cli")
+    ckpt = write_official_checkpoint(root / "ck", seed=1)
+    runtime = tiny_runtime.build(root / "rt", fixtures)
+    jobs = root / "ok.jsonl"
+    jobs.write_text("".join(json.dumps({"idx": i, "gt_lyric": LYRIC}) + "\n" for i in ("a", "b")))
+    return ckpt, jobs, runtime.root
+
+
+def messages(err: str) -> list[str]:
+    """stderr lines without the timestamps that log lines carry when stderr is not a terminal."""
+    return [re.sub(r"^\[[\d :-]+\] ", "", line) for line in err.splitlines()]
+
+
+def generate(tiny, out: Path, *flags: str) -> int:
+    ckpt, jobs, runtime = tiny
+    return main(["generate", str(ckpt), str(jobs), str(out), "--runtime-dir", str(runtime), *flags])
+
+
+def test_user_errors_exit_2_without_traceback(tiny, tmp_path, capsys):
     from levo_batch.lock import RunLock
 
-    good = tmp_path / "ok.jsonl"
-    good.write_text(json.dumps({"idx": "a", "gt_lyric": LYRIC}) + "\n")
-    (tmp_path / "ck").mkdir()
     (tmp_path / "out").mkdir()
     with RunLock(tmp_path / "out"):
-        assert main(["generate", str(tmp_path / "ck"), str(good), str(tmp_path / "out")]) == 2
+        assert generate(tiny, tmp_path / "out", "--tokens-only") == 2
     err = capsys.readouterr().err
     assert f"pid {os.getpid()}" in err.lower() or str(os.getpid()) in err
     assert "Traceback" not in err
+
+
+BAD_OPTIONS = [
+    (["--max-duration", "100000"], "--max-duration 100000: must be a number of seconds >= 0.04 (one frame) and at "
+                                   "most the checkpoint's max_dur 150 s"),
+    (["--max-duration", "0"], "--max-duration 0: must be"),
+    (["--max-duration", "nan"], "--max-duration nan: must be"),
+    (["--cfg-coef", "nan"], "--cfg-coef nan: must be a finite number"),
+    (["--temperature", "-1"], "--temperature -1.0: must be a finite number > 0"),
+    (["--temperature", "inf"], "--temperature inf: must be a finite number > 0"),
+    (["--top-k", "0"], "--top-k 0: must be a whole number >= 1"),
+    (["--checkpoint-every", "0"], "--checkpoint-every 0: must be a whole number >= 1"),
+    (["--decoder-batch", "0"], "--decoder-batch 0: must be a whole number >= 1"),
+]
+
+
+@pytest.mark.parametrize("flags,message", BAD_OPTIONS, ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+def test_bad_options_exit_2_before_anything_is_created(tiny, tmp_path, capsys, flags, message):
+    """Issue 10, items 1 and 8: these were accepted, or failed with a traceback after loading (or after the LM)."""
+    assert generate(tiny, tmp_path / "out", *flags) == 2
+    lines = messages(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(f"error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_bad_option_is_reported_at_once(tiny, tmp_path, capsys):
+    assert generate(tiny, tmp_path / "out", "--decoder-batch", "0", "--top-k", "0", "--cfg-coef", "inf") == 2
+    lines = messages(capsys.readouterr().err)
+    assert [line.split(":")[1].split()[0] for line in lines] == ["--decoder-batch", "--top-k", "--cfg-coef"]
+
+
+def test_checkpoint_and_assets_are_checked_up_front(tiny, tmp_path, capsys):
+    ckpt, jobs, runtime = tiny
+    empty = tmp_path / "empty_ckpt"
+    empty.mkdir()
+    assert main(["generate", str(empty), str(jobs), str(tmp_path / "out"), "--runtime-dir", str(runtime)]) == 2
+    err = capsys.readouterr().err
+    assert f"no LeVo LM checkpoint in {empty}" in err
+    assert f"levo-batch download --model v2-large --ckpt-dir {empty}" in err
+    assert main(["generate", str(ckpt), str(jobs), str(tmp_path / "out"), "--runtime-dir", str(tmp_path)]) == 2
+    lines = messages(capsys.readouterr().err)
+    assert [line.split(" not found")[0] for line in lines] == [
+        "error: Qwen2 tokenizer", "error: septoken decoder weights", "error: VAE config", "error: VAE weights"]
+    assert main(["generate", str(ckpt), str(jobs), str(tmp_path / "out"), "--runtime-dir", str(tmp_path),
+                 "--decode-only"]) == 2
+    assert "--decode-only: no finished tokens" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_dir_that_is_a_file_exits_2(tiny, tmp_path, capsys):
+    target = tmp_path / "out"
+    target.write_text("not a folder")
+    assert generate(tiny, target) == 2
+    assert messages(capsys.readouterr().err) == [
+        f"error: SAVE_DIR {target} is a file, not a folder; pass a folder path (it is created if missing)"]

@@ -191,6 +191,17 @@ def test_batched_equals_alone_and_seeded(fixtures, runtime_4s):
     assert not np.allclose(batched["sep"]["main"], batched["sep"]["vocal"])
 
 
+def test_a_songs_audio_does_not_depend_on_its_batch_mates(fixtures, runtime_4s):
+    """Issue 10, item 6: ±1 LSB on ~0.4 % of samples depended on which songs shared the decoder batch."""
+    tokens = load_case(fixtures, "dur4_10s04")["tokens"][0]
+    song = DecodeRequest("song", tokens[:, :180], "mixed", seed=5)
+    mates = [DecodeRequest("long", tokens, "mixed", seed=1), DecodeRequest("sep", tokens[:, :40], "separate", seed=2)]
+    decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
+    alone = decode_one(decoder, song)["main"]
+    for batch in ([*mates, song], [song, mates[1]]):
+        np.testing.assert_array_equal(dict(decoder.decode(batch))["song"]["main"], alone)
+
+
 def test_missing_tensor_names_file_and_key(tmp_path, fixtures):
     runtime = make_runtime(tmp_path, fixtures)
     tensors = load_file(runtime.septoken)
@@ -239,4 +250,4 @@ def test_fingerprint_is_json_and_names_weights(decoder):
     fp = decoder.fingerprint()
     json.dumps(fp)
     assert fp["septoken"].startswith("model_2.safetensors:") and fp["config"]["n_layer"] == 2
-    assert fp["vae"].startswith("autoencoder_music_1320k.ckpt:") and "batch_size" not in fp
+    assert fp["vae"].startswith("autoencoder_music_1320k.ckpt:") and fp["batch_size"] == 4

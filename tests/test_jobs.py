@@ -313,9 +313,21 @@ def test_idx_that_clash_as_files_warn(tmp_path):
     assert [str(w) for w in warnings] == [
         f"{path}:3: idx: 'song' differs from 'Song' (line 1) only in letter case; on macOS and Windows their audio "
         "files overwrite each other: rename one",
-        f"{path}:4: idx: with --separate, the vocal stem of 'mix' (line 2) is also written to audios/mix_vocal.flac "
-        "and overwrites this song: rename one",
     ]
+
+
+def test_stem_name_collision_is_an_error_with_separate(tmp_path):
+    """Issue 10, item 7: idx `x` plus `x_vocal` under --separate was only a warning, then one file overwrote the other."""
+    path = write_jsonl(tmp_path / "in.jsonl", song("mix"), song("mix_vocal"), song("mix_bgm"))
+    with pytest.raises(JobsError) as e:
+        load_jobs(path, gen_type="separate")
+    assert [str(p) for p in e.value.problems] == [
+        f"{path}:2: idx: with --separate, the vocal stem of 'mix' (line 1) is also written to audios/mix_vocal.flac "
+        "and would overwrite this song: rename one",
+        f"{path}:3: idx: with --separate, the bgm stem of 'mix' (line 1) is also written to audios/mix_bgm.flac "
+        "and would overwrite this song: rename one",
+    ]
+    assert load_jobs(path, gen_type="vocal")[1] == []
 
 
 def test_unusable_input_files(tmp_path):

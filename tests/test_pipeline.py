@@ -15,6 +15,7 @@ from levo_batch.interrupt import StopRequested, interruptible
 from levo_batch.jobs import JobsError
 from levo_batch.lock import RunLock, LockHeldError
 from levo_batch.pipeline import RunOptions, run
+from levo_batch.preflight import PreflightError
 from levo_batch.store import TokenStore
 
 LYRIC = "[intro-short] ; [verse] Hello there.Small song ; [chorus] Sing it loud ; [outro-short]"
@@ -182,8 +183,10 @@ def test_dry_run_plan_follows_files_and_flags(jobs_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "a: tokens present (checked against the model at run time), then decode" in out
     assert "c: partial tokens: resume LM mid-song, then decode" in out
+    with pytest.raises(PreflightError, match=r"--decode-only: no finished tokens in .* for 1 song\(s\): c;"):
+        run(options(jobs_file, tmp_path, dry_run=True, decode_only=True), FakeStages())
+    (tmp_path / "out" / "tokens" / "c.partial.npz").rename(tmp_path / "out" / "tokens" / "c.npz")
     run(options(jobs_file, tmp_path, dry_run=True, decode_only=True), FakeStages())
-    out = capsys.readouterr().out
-    assert "a: decode stored tokens" in out and "c: no stored tokens: will fail (--decode-only)" in out
+    assert "a: decode stored tokens" in capsys.readouterr().out
     run(options(jobs_file, tmp_path, dry_run=True, overwrite=True, tokens_only=True), FakeStages())
     assert "b: redo: LM [auto prompt Jazz]" in capsys.readouterr().out

@@ -226,7 +226,8 @@ def test_strict_store_refuses_stale_record(tmp_path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "missing_key"])
-def test_corrupt_record_is_stale_never_a_crash(tmp_path, caplog, damage):
+def test_corrupt_record_is_moved_aside_never_a_crash(tmp_path, caplog, damage):
+    """Issue 10, item 5: the corrupt file used to stay in place; now it is set aside as *.corrupt."""
     store = TokenStore(tmp_path, strict=True)
     store.save("s", tokens_of([1, 2], [3, 4], [5, 6]), "fp")
     path = store.path("s")
@@ -239,8 +240,10 @@ def test_corrupt_record_is_stale_never_a_crash(tmp_path, caplog, damage):
     with caplog.at_level(logging.WARNING):
         assert store.load("s", "fp") is None
         assert store.load_any("s") is None
-    assert "unreadable token record" in caplog.text and str(path) in caplog.text
-    assert store.status("s", "fp") == "stale"
+    assert "Unreadable token record" in caplog.text and str(path) in caplog.text
+    assert "moved aside to s.npz.corrupt" in caplog.text
+    assert path.with_name("s.npz.corrupt").exists() and not path.exists()
+    assert store.status("s", "fp") == "missing"
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------

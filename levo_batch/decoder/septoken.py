@@ -158,10 +158,10 @@ class SepTokenDecoder:
                    info=info)
 
     def fingerprint(self) -> dict:
-        """Weights (name:size), precision, device type, geometry and noise scheme; batch size is excluded
-        because it does not change the audio."""
+        """Weights (name:size), precision, device type, geometry, noise scheme and batch size (the flow's
+        batch shape sets its float rounding, see `_sample`)."""
         return {"decoder": "septoken", **self.info, "config": asdict(self.cfg), "noise": NOISE_SCHEME,
-                "prompt_on_stems": self.prompt_on_stems}
+                "prompt_on_stems": self.prompt_on_stems, "batch_size": self.batch_size}
 
     def decode(self, songs: Sequence[DecodeRequest]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         songs = list(songs)
@@ -213,7 +213,17 @@ class SepTokenDecoder:
         return codes, latent.to(self.device)
 
     def _sample(self, jobs: Sequence[WindowJob]) -> torch.Tensor:
-        """Stack one window of several songs into a batch for the flow model."""
+        """Stack one window of several songs into a batch for the flow model.
+
+        The batch is always padded to `batch_size` rows (copies of the first window): kernels pick their
+        blocking, hence their float rounding, by shape, so a fixed shape makes each song's audio bit-identical
+        whatever songs share its batch (a resumed run or a subset of the jsonl equals the full run).
+        """
+        count = len(jobs)
+        jobs = [*jobs, *[jobs[0]] * (self.batch_size - count)]
+        return self._sample_rows(jobs)[:count]
+
+    def _sample_rows(self, jobs: Sequence[WindowJob]) -> torch.Tensor:
         frames = jobs[0].codes.shape[-1]
         codes = torch.from_numpy(np.stack([j.codes for j in jobs])).to(self.device)
         context = torch.zeros(len(jobs), frames, LATENT_DIM, device=self.device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,6 +27,7 @@ import mlx.nn as nn
 import yaml
 from mlx.utils import tree_flatten
 
+from levo_batch.errors import LevoError
 from levo_batch.lm.config import AILUNTX_FORMAT, LMConfig
 from levo_batch.lm.model import LeVoLM
 
@@ -68,6 +70,10 @@ PUBLIC_MLX_KEYS = (
 DTYPES = {"fp32": mx.float32, "float32": mx.float32, "bf16": mx.bfloat16, "bfloat16": mx.bfloat16,
           "fp16": mx.float16, "float16": mx.float16}
 _MIB = 1 << 20
+
+
+class UnsafeCheckpointError(LevoError):
+    """The official `model.pt` contains pickled code, not just tensors (never loaded with weights_only=False)."""
 
 
 @dataclass
@@ -219,7 +225,12 @@ def _open_official(path: Path) -> Checkpoint:
     def read(dtype: mx.Dtype | None) -> Iterator[tuple[str, mx.array]]:
         import torch
 
-        state = torch.load(pt, mmap=True, weights_only=True, map_location="cpu")
+        try:
+            state = torch.load(pt, mmap=True, weights_only=True, map_location="cpu")
+        except pickle.UnpicklingError as e:
+            raise UnsafeCheckpointError(
+                f"{pt} holds more than plain tensors (a pickled object: {str(e).splitlines()[-1][:120]}), which we "
+                f"refuse to execute; re-download the official model.pt") from e
         if not any(k.startswith(OFFICIAL_PREFIX) for k in state):
             raise ValueError(f"{pt} has no '{OFFICIAL_PREFIX}*' keys (found e.g. {_some(sorted(state))}); "
                              f"is this the LM checkpoint (model.pt of a SongGeneration release)?")
