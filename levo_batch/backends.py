@@ -33,6 +33,7 @@ class GenerationSettings:
     device: str | None = None
     lm_dtype: str | None = None
     decoder_compile: bool = False
+    lm_version: str | None = None
 
     def lm_load_dtype(self) -> str | None:
         """bf16 on an MLX GPU (upstream runs its LM in fp16 on CUDA), stored precision on the CPU."""
@@ -50,7 +51,7 @@ class GenerationSettings:
         explicit = {"temperature": self.temperature, "top_k": self.top_k, "cfg_coef": self.cfg_coef}
         base = UPSTREAM_LOW_MEM_SAMPLING if self.low_mem else {}
         chosen = {**base, **{k: v for k, v in explicit.items() if v is not None}}
-        return SamplingParams(**chosen, greedy=self.greedy)
+        return SamplingParams(**chosen, greedy=self.greedy, low_mem=self.low_mem)
 
 
 class DefaultStages:
@@ -69,8 +70,8 @@ class DefaultStages:
         from .lm.tokenizer import TextTokenizers
 
         s = self.settings
-        loaded = load_lm(s.ckpt_dir, dtype=s.lm_load_dtype())
-        tokenizers = TextTokenizers.from_dir(self.tokenizer_dir())
+        loaded = load_lm(s.ckpt_dir, dtype=s.lm_load_dtype(), version=s.lm_version)
+        tokenizers = TextTokenizers.from_dir(self.tokenizer_dir(), loaded.config.version)
         self._generator = MLXTokenGenerator(
             loaded.model, loaded.config, tokenizers, model_id=f"{loaded.model_id}:{loaded.dtype}",
             sampling=s.sampling(), batch_size=s.batch_size,

@@ -61,6 +61,8 @@ class RunOptions:
     strict: bool = False
     save_dir_text: str | None = None
     """SAVE_DIR as typed: upstream writes `wav_path` from it verbatim."""
+    lm_version: str = "v2"
+    """The checkpoint's text conventions (`levo_batch.lm.config.LM_VERSIONS`)."""
 
 
 @dataclass
@@ -215,8 +217,8 @@ def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, 
     fps, metas, requests = {}, {}, []
     for job in jobs:
         prompt = prompts[job.idx]
-        request = SongRequest(job.idx, *lm_texts(job.gt_lyric, job.descriptions, opts.gen_type), prompt.tokens,
-                              song_seed(opts.seed, job.idx))
+        request = SongRequest(job.idx, *lm_texts(job.gt_lyric, job.descriptions, opts.gen_type, opts.lm_version),
+                              prompt.tokens, song_seed(opts.seed, job.idx))
         fp = token_fingerprint(generator_fp, request, lm_mode(opts.gen_type))
         if opts.overwrite:
             store.remove(job.idx)

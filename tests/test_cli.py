@@ -102,6 +102,25 @@ def test_download_fetches_only_inference_assets(tmp_path, monkeypatch, capsys):
     assert "new_auto_prompt.pt" in capsys.readouterr().out
 
 
+def test_download_accepts_the_mlx_community_names(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from levo_batch.download import MLX_COMMUNITY_CHECKPOINTS
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append((repo, kw)))
+    monkeypatch.chdir(tmp_path)
+    assert len(MLX_COMMUNITY_CHECKPOINTS) == 10
+    for name in ("mlx-community/SongGeneration-v2-large-4bit", "mlx-community/SongGeneration-v2-medium"):
+        assert main(["download", "--runtime-dir", str(tmp_path / "rt"), "--model", name]) == 0
+    assert [(repo, kw["local_dir"]) for repo, kw in calls[1::2]] == [
+        ("mlx-community/SongGeneration-v2-large-4bit", Path("ckpt/SongGeneration-v2-large-4bit")),
+        ("mlx-community/SongGeneration-v2-medium", Path("ckpt/SongGeneration-v2-medium")),
+    ]
+    with pytest.raises(SystemExit):
+        main(["download", "--model", "mlx-community/SongGeneration-v2-huge"])
+
+
 def test_convert_command_writes_a_loadable_mlx_folder(tmp_path, capsys):
     from lm_checkpoints import write_official_checkpoint
     from levo_batch.lm.loading import load_lm
@@ -125,3 +144,16 @@ def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"pid {os.getpid()}" in err.lower() or str(os.getpid()) in err
     assert "Traceback" not in err
+
+
+def test_max_duration_above_the_checkpoint_max_dur_is_refused_up_front(tmp_path, capsys):
+    from lm_checkpoints import write_official_checkpoint
+
+    good = tmp_path / "ok.jsonl"
+    good.write_text(json.dumps({"idx": "a", "gt_lyric": LYRIC}) + "\n")
+    ckpt = write_official_checkpoint(tmp_path / "ck")
+    assert main(["generate", str(ckpt), str(good), str(tmp_path / "out"), "--max-duration", "151"]) == 2
+    err = capsys.readouterr().err
+    assert f"--max-duration 151 s is longer than this checkpoint's max_dur 150 s ({ckpt})" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["generate", str(ckpt), str(good), str(tmp_path / "out"), "--max-duration", "150", "--dry-run"]) == 0
