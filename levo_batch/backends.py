@@ -36,12 +36,13 @@ class GenerationSettings:
     lm_version: str | None = None
 
     def lm_load_dtype(self) -> str | None:
-        """bf16 on an MLX GPU (upstream runs its LM in fp16 on CUDA), stored precision on the CPU."""
+        """fp16 on an MLX GPU, like upstream's LM (measured closer to float32 than bf16: README, "LM
+        precision"); the stored precision on the CPU."""
         if self.lm_dtype is not None:
             return self.lm_dtype
         import mlx.core as mx
 
-        return "bf16" if mx.default_device() == mx.gpu else None
+        return "fp16" if mx.default_device() == mx.gpu else None
 
     def sampling(self):
         """Upstream's sampling (low-memory variant with --low_mem), overridden by explicit flags; an unset

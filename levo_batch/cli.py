@@ -92,7 +92,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the decoder's flow transformer: ~30 s to compile, then faster windows; "
                         "worth it for long albums on CUDA (falls back to eager mode if compiling fails)")
     g.add_argument("--lm-dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                   help="LM weight precision (default: bf16 on a GPU, the checkpoint's own on the CPU; "
+                   help="LM weight precision (default: fp16 on a GPU, as upstream, the checkpoint's own on the CPU; "
                         "quantised checkpoints keep their bits)")
     g.add_argument("--device", default=None, help="torch device for decoder and prompt encoders "
                    "(default: cuda, else mps, else cpu)")
