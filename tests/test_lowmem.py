@@ -34,7 +34,8 @@ def test_upstream_thresholds_at_or_below_switch_to_low_memory(folder, threshold)
 
 
 def test_folder_names_compare_like_upstream():
-    """Last component, lower case, '-' as '_' (a trailing slash is ignored here, see the report)."""
+    """Last component, lower case, '-' as '_'. A trailing slash is ignored here; upstream's `split("/")[-1]`
+    would see an empty name there and never switch."""
     mode = memory_mode("auto", "/models/SongGeneration-v2-Large/", card(23.6))
     assert mode.low_mem
     assert mode.announce() == ("memory mode: low-memory (auto: 23.6 GiB on cuda:0 <= 32 GiB, upstream's threshold "
