@@ -169,13 +169,17 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", type=int, choices=(4, 8), default=None, help="quantise linear/embedding "
                    "weights to 4 or 8 bits")
     p.add_argument("--group-size", type=int, default=64, help="quantisation group size (default 64)")
+    p.add_argument("--lm-version", choices=LM_VERSIONS, default=None,
+                   help="text conventions of the source (default: upstream's folder-name rule, see generate "
+                        "--help); recorded in the conversion")
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .lm.convert import convert
 
-    convert(args.src, args.dst, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size)
+    convert(args.src, args.dst, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size,
+            version=args.lm_version)
     print(f"wrote {args.dst}")
     return 0
 

@@ -121,6 +121,15 @@ def test_download_accepts_the_mlx_community_names(tmp_path, monkeypatch):
         main(["download", "--model", "mlx-community/SongGeneration-v2-huge"])
 
 
+def test_convert_records_an_overridden_lm_version(tmp_path):
+    from lm_checkpoints import write_official_checkpoint
+    from levo_batch.lm.loading import load_lm
+
+    src = write_official_checkpoint(tmp_path / "renamed_v1", version="v1")
+    assert main(["convert", str(src), str(tmp_path / "mlx"), "--dtype", "fp32", "--lm-version", "v1"]) == 0
+    assert load_lm(tmp_path / "mlx").config.version == "v1"
+
+
 def test_convert_command_writes_a_loadable_mlx_folder(tmp_path, capsys):
     from lm_checkpoints import write_official_checkpoint
     from levo_batch.lm.loading import load_lm
