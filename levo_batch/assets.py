@@ -48,15 +48,17 @@ def runtime_assets(runtime: RuntimePaths, needs: Needs, ckpt_dir: Path | None) -
     ]
 
 
-def open_lm_checkpoint(ckpt_dir: Path):
-    """The checkpoint's config and files (no weights read), or a one-line error naming the download command."""
+def open_lm_checkpoint(ckpt_dir: Path, version: str | None = None):
+    """The checkpoint's config and files (no weights read), or a one-line error naming the download command.
+    `version` overrides the v1/v2 text conventions (`--lm-version`)."""
     from .lm.loading import open_checkpoint
 
     try:
-        return open_checkpoint(ckpt_dir), None
+        return open_checkpoint(ckpt_dir, version), None
     except (FileNotFoundError, ValueError, KeyError, OSError) as e:
         hint = DOWNLOAD_HINT.format(ckpt=ckpt_dir)
-        return None, f"error: LM checkpoint: {e}. Download one with `{hint}` (or pass its folder)"
+        detail = e.args[0] if isinstance(e, KeyError) else e  # a KeyError's str() is its quoted repr
+        return None, f"error: LM checkpoint: {detail}. Download one with `{hint}` (or pass its folder)"
 
 
 def asset_problems(runtime: RuntimePaths, needs: Needs, ckpt_dir: Path | None) -> list[str]:

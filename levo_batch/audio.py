@@ -16,6 +16,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
+from levo_batch.audio_formats import UndecodableAudio, decode
 from levo_batch.stages import SAMPLE_RATE
 
 LOWPASS_FILTER_WIDTH = 6
@@ -29,9 +30,11 @@ class AudioError(ValueError):
 
 
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """`(C, N)` float32 samples in [-1, 1] and the sample rate of a wav/flac/ogg/mp3 file.
+    """`(C, N)` float32 samples in [-1, 1] and the sample rate of an audio file.
 
-    Integer PCM is scaled by 1/32768 like `torchaudio.load`, so prompt waveforms match upstream's bit for bit.
+    wav/flac/ogg/mp3 are read by libsndfile, integer PCM scaled by 1/32768 like `torchaudio.load`, so prompt
+    waveforms match upstream's bit for bit; other formats (m4a/aac, ...) are decoded by FFmpeg, as upstream's
+    torchaudio does (`levo_batch.audio_formats`).
     """
     path = Path(path)
     if not path.is_file():
@@ -39,10 +42,14 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
-        raise AudioError(
-            f"cannot read audio file {path}: {e}. Supported formats are wav, flac, ogg and mp3; "
-            "convert the file (e.g. `ffmpeg -i in.m4a out.flac`)."
-        ) from e
+        try:
+            decoded, sr = decode(path)
+        except UndecodableAudio as ffmpeg:
+            raise AudioError(
+                f"cannot read audio file {path}: {e}; {ffmpeg}. Convert it to WAV or FLAC "
+                "(e.g. `ffmpeg -i in.m4a out.flac`)."
+            ) from e
+        data = decoded.T
     if data.shape[0] == 0 or data.shape[1] == 0:
         raise AudioError(f"audio file {path} contains no samples")
     if not np.isfinite(data).all():

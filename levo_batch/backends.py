@@ -43,9 +43,11 @@ class GenerationSettings:
     device: str | None = None
     lm_dtype: str | None = None
     decoder_compile: bool = False
+    lm_version: str | None = None
 
     def lm_load_dtype(self) -> str | None:
-        """bf16 on an MLX GPU (upstream runs its LM in fp16 on CUDA), stored precision on the CPU."""
+        """bf16 on an MLX GPU, the precision the fused CUDA decode attention reads (fp16, upstream's and
+        measured closer to float32, is `--lm-dtype fp16`: README, "LM precision"); the stored one on the CPU."""
         if self.lm_dtype is not None:
             return self.lm_dtype
         import mlx.core as mx
@@ -60,7 +62,7 @@ class GenerationSettings:
         explicit = {"temperature": self.temperature, "top_k": self.top_k, "cfg_coef": self.cfg_coef}
         base = UPSTREAM_LOW_MEM_SAMPLING if self.low_mem else {}
         chosen = {**base, **{k: v for k, v in explicit.items() if v is not None}}
-        return SamplingParams(**chosen, greedy=self.greedy)
+        return SamplingParams(**chosen, greedy=self.greedy, low_mem=self.low_mem)
 
 
 class DefaultStages:
@@ -76,9 +78,12 @@ class DefaultStages:
 
         error = None
         if lm:
-            self._ckpt, error = open_lm_checkpoint(self.settings.ckpt_dir)
+            self._ckpt, error = open_lm_checkpoint(self.settings.ckpt_dir, self.settings.lm_version)
         max_dur = self._ckpt.config.max_dur if self._ckpt is not None else None
         return option_problems(self.settings, max_dur) + ([error] if error else [])
+
+    def lm_version(self) -> str:
+        return self._ckpt.config.version
 
     def assets(self, needs) -> list[str]:
         from .assets import asset_problems
@@ -116,8 +121,8 @@ class DefaultStages:
         from .lm.tokenizer import TextTokenizers
 
         s = self.settings
-        loaded = load_lm(s.ckpt_dir, dtype=s.lm_load_dtype())
-        tokenizers = TextTokenizers.from_dir(self.tokenizer_dir())
+        loaded = load_lm(s.ckpt_dir, dtype=s.lm_load_dtype(), version=s.lm_version)
+        tokenizers = TextTokenizers.from_dir(self.tokenizer_dir(), loaded.config.version)
         self._generator = MLXTokenGenerator(
             loaded.model, loaded.config, tokenizers, model_id=f"{loaded.model_id}:{loaded.dtype}",
             sampling=s.sampling(), batch_size=s.batch_size, kv_bits=KV_CACHE_BITS[s.kv_cache],

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from .lm.config import LM_VERSIONS
+from .lowmem import LOW_MEM_THRESHOLDS_GIB
 from .stages import GEN_TYPES
 
 EXIT_FAILED_SONGS = 1
@@ -18,8 +20,9 @@ upstream generate.sh flags (accepted anywhere after the three positionals):
   --bgm                 accompaniment only (LM told [Pure-Music], vocal row replaced at decoding)
   --vocal               vocals only (bgm row replaced at decoding)
                         several given: like upstream, --vocal beats --bgm beats --separate
-  --low_mem             upstream's low-memory mode: its sampling (temperature 0.9, top-k 50), prompt
-                        audio only on the mixed decode, decoder batch 1, LM freed before decoding
+  --low_mem             force upstream's low-memory mode: its sampling (temperature 0.9, top-k 50),
+                        prompt audio only on the mixed decode, decoder batch 1, LM freed before decoding.
+                        Without it the mode is chosen as upstream does (see --no-low-mem)
   --not_use_flash_attn  accepted for compatibility; a no-op (MLX and PyTorch pick their own
                         fused attention kernels on every backend)
 """
@@ -60,7 +63,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("save_dir", help="output folder: audios/, jsonl/, tokens/")
     for flag in ("separate", "bgm", "vocal"):
         p.add_argument(f"--{flag}", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--low_mem", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--low_mem", dest="low_mem", action="store_const", const="on", default="auto",
+                   help=argparse.SUPPRESS)
     p.add_argument("--not_use_flash_attn", action="store_true", help=argparse.SUPPRESS)
     g = p.add_argument_group("levo_batch options")
     g.add_argument("--seed", type=int, default=0,
@@ -75,8 +79,18 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                         "batches) at a small logit error")
     g.add_argument("--decoder-batch", type=int, default=4,
                    help="decoder windows processed at once (default 4; 1 with --low_mem)")
+    g.add_argument("--no-low-mem", dest="low_mem", action="store_const", const="off",
+                   help="never use the low-memory mode. Default: automatic like upstream, low-memory when the "
+                        "CUDA card has at most its checkpoint folder's threshold ("
+                        + ", ".join(f"{k} {v:g} GiB" for k, v in LOW_MEM_THRESHOLDS_GIB.items())
+                        + "), normal for other folders and without CUDA. The first log line says which and why")
     g.add_argument("--max-duration", type=float, default=None,
-                   help="longest song in seconds (default: the checkpoint's max_dur)")
+                   help="longest song in seconds, at most the checkpoint's max_dur (default: max_dur, 270 s "
+                        "for the v2 releases)")
+    g.add_argument("--lm-version", choices=LM_VERSIONS, default=None,
+                   help="text conventions of the checkpoint (default: upstream's rule, v1 for folders named "
+                        "songgeneration_base, _base_new, _base_full, _large, v2 otherwise; conversions "
+                        "record theirs)")
     g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.8)")
     g.add_argument("--top-k", type=int, default=None, help="top-k of codebook 0 (default 5000)")
     g.add_argument("--cfg-coef", type=float, default=None, help="classifier-free guidance (default 1.5)")
@@ -99,8 +113,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the decoder's flow transformer: ~30 s to compile, then faster windows; "
                         "worth it for long albums on CUDA (falls back to eager mode if compiling fails)")
     g.add_argument("--lm-dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                   help="LM weight precision (default: bf16 on a GPU, the checkpoint's own on the CPU; "
-                        "quantised checkpoints keep their bits)")
+                   help="LM weight precision (default: bf16 on a GPU, which the fused CUDA attention reads, the "
+                        "checkpoint's own on the CPU; fp16 is upstream's and closer to float32; quantised "
+                        "checkpoints keep their bits)")
     g.add_argument("--device", default=None, help="torch device for decoder and prompt encoders "
                    "(default: cuda, else mps, else cpu)")
     p.set_defaults(func=cmd_generate)
@@ -110,12 +125,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .backends import DefaultStages, GenerationSettings
     from .errors import LevoError
     from .jobs import JobsError
+    from .lowmem import memory_mode
     from .pipeline import RunOptions, run
     from .preflight import PreflightError
     from .progress import log, setup_logging
     from .runtime import RuntimePaths
 
     setup_logging()
+    memory = memory_mode(args.low_mem, args.ckpt_dir)
+    log(memory.announce())
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
         return EXIT_USAGE
@@ -125,11 +143,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
                       save_dir_text=args.save_dir)
     settings = GenerationSettings(
         ckpt_dir=args.ckpt_dir, runtime=RuntimePaths.resolve(args.runtime_dir), gen_type=gen_type,
-        low_mem=args.low_mem, batch_size=args.batch_size, kv_cache=args.kv_cache, decoder_batch=args.decoder_batch,
-        max_duration=args.max_duration, temperature=args.temperature, top_k=args.top_k,
-        cfg_coef=args.cfg_coef, greedy=args.greedy, checkpoint_every=args.checkpoint_every,
-        device=args.device, lm_dtype=args.lm_dtype,
-        decoder_compile=args.decoder_compile)
+        low_mem=memory.low_mem, batch_size=args.batch_size, kv_cache=args.kv_cache,
+        decoder_batch=args.decoder_batch, max_duration=args.max_duration, temperature=args.temperature,
+        top_k=args.top_k, cfg_coef=args.cfg_coef, greedy=args.greedy, checkpoint_every=args.checkpoint_every,
+        device=args.device, lm_dtype=args.lm_dtype, decoder_compile=args.decoder_compile,
+        lm_version=args.lm_version)
     try:
         summary = run(opts, DefaultStages(settings))
     except (JobsError, PreflightError) as exc:
@@ -167,29 +185,36 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quantize", type=int, choices=(4, 8), default=None, help="quantise linear/embedding "
                    "weights to 4 or 8 bits")
     p.add_argument("--group-size", type=int, default=64, help="quantisation group size (default 64)")
+    p.add_argument("--lm-version", choices=LM_VERSIONS, default=None,
+                   help="text conventions of the source (default: upstream's folder-name rule, see generate "
+                        "--help); recorded in the conversion")
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .lm.convert import convert
 
-    convert(args.src, args.dst, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size)
+    convert(args.src, args.dst, dtype=args.dtype, quantize=args.quantize, group_size=args.group_size,
+            version=args.lm_version)
     print(f"wrote {args.dst}")
     return 0
 
 
 def add_download(sub: argparse._SubParsersAction) -> None:
-    from .download import CHECKPOINTS
+    from .download import CHECKPOINTS, OFFICIAL_CHECKPOINTS
 
     p = sub.add_parser("download", help="download upstream's runtime assets and an LM checkpoint",
                        description="Fetch the runtime assets (decoder, VAE, tokenizer, separator) into the "
                                    "runtime folder and, optionally, an LM checkpoint, with huggingface_hub.")
     p.add_argument("--runtime-dir", type=Path, default=None,
                    help="where the runtime assets go (default ./third_party/SongGeneration)")
-    p.add_argument("--model", choices=sorted(CHECKPOINTS), default=None,
-                   help="also download this LM checkpoint")
+    p.add_argument("--model", choices=sorted(CHECKPOINTS), default=None, metavar="MODEL",
+                   help="also download this LM checkpoint: an official release (" + ", ".join(OFFICIAL_CHECKPOINTS)
+                        + ") or a public MLX conversion (mlx-community/SongGeneration-v2-{medium,large}"
+                          "[-4bit|-8bit|-bf16|-fp32])")
     p.add_argument("--ckpt-dir", type=Path, default=None,
-                   help="where the checkpoint goes (default ./ckpt/<model>)")
+                   help="where the checkpoint goes (default ./ckpt/songgeneration_<model> for official releases, "
+                        "./ckpt/<hub name> for mlx-community ones)")
     p.set_defaults(func=cmd_download)
 
 

@@ -19,6 +19,8 @@ from typing import NoReturn
 import orjson
 import soundfile
 
+from .audio_formats import UndecodableAudio
+from .audio_formats import has_samples as ffmpeg_has_samples
 from .errors import LevoError
 from .text import AUTO_PROMPT_TYPES, lyric_issues
 
@@ -258,11 +260,14 @@ def _check_prompt_path(value: object, at: _Line, search_dirs: list[Path]) -> Pat
         )
         return None
     try:
-        info = soundfile.info(str(found))
+        has_samples = soundfile.info(str(found)).frames > 0
     except (soundfile.SoundFileError, OSError) as e:
-        at.error("prompt_audio_path", f"{found} is not readable audio ({e}); convert it to WAV or FLAC")
-        return None
-    if info.frames == 0:
+        try:
+            has_samples = ffmpeg_has_samples(found)  # m4a/aac and other FFmpeg formats, as upstream reads them
+        except (UndecodableAudio, OSError) as ffmpeg:
+            at.error("prompt_audio_path", f"{found} is not readable audio ({e}; {ffmpeg}); convert it to WAV or FLAC")
+            return None
+    if not has_samples:
         at.error("prompt_audio_path", f"{found} has no audio samples; use a music clip (the first 10 s are used)")
         return None
     return found.resolve()

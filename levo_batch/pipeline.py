@@ -53,6 +53,9 @@ class Stages(Protocol):
     def recipe(self, lm: bool) -> dict:
         """Settings that decide the audio (`"decoder"`, and `"lm"` when `lm`), without loading a model."""
 
+    def lm_version(self) -> str:
+        """The checkpoint's text conventions (`levo_batch.lm.config.LM_VERSIONS`), known after `check(True)`."""
+
     def prompts(self) -> PromptSource: ...
 
     def generator(self) -> TokenGenerator: ...
@@ -265,10 +268,11 @@ def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, 
         generator = stages.generator()
     generator_fp = generator.fingerprint()
     fps, metas, requests = {}, {}, []
+    version = stages.lm_version()
     for job in jobs:
         prompt = prompts[job.idx]
-        request = SongRequest(job.idx, *lm_texts(job.gt_lyric, job.descriptions, opts.gen_type), prompt.tokens,
-                              song_seed(opts.seed, job.idx))
+        request = SongRequest(job.idx, *lm_texts(job.gt_lyric, job.descriptions, opts.gen_type, version),
+                              prompt.tokens, song_seed(opts.seed, job.idx))
         fp = token_fingerprint(generator_fp, request, lm_mode(opts.gen_type))
         if opts.overwrite:
             store.remove(job.idx)

@@ -71,8 +71,12 @@ _BRACKETED = re.compile(r"\[[^\[\]]*\]")
 _FULL_WIDTH = "。，、！？；：（）"
 
 
-def lm_texts(gt_lyric: str, descriptions: str | None, gen_type: str) -> tuple[str, str]:
-    """The (lyrics, description) strings upstream's generate.py feeds the v2 LM's conditioners.
+def lm_texts(gt_lyric: str, descriptions: str | None, gen_type: str,
+             version: str = "v2") -> tuple[str, str | None]:
+    """The (lyrics, description) strings upstream's generate.py feeds the LM's conditioners.
+
+    v1 checkpoints get the lower-cased description alone, or no description condition at all (None) when
+    the job has none; bgm still replaces their lyrics by `.`.
 
     Quirks kept on purpose because the checkpoints were trained and evaluated with them: the double-space
     collapse is a single non-overlapping pass (three spaces become two), and for bgm without descriptions
@@ -81,6 +85,9 @@ def lm_texts(gt_lyric: str, descriptions: str | None, gen_type: str) -> tuple[st
     """
     if gen_type not in GEN_TYPES:
         raise ValueError(f"unknown gen_type {gen_type!r}; expected one of {', '.join(GEN_TYPES)}")
+    if version == "v1":
+        lyrics = _BGM_LYRICS if gen_type == "bgm" else gt_lyric.replace("  ", " ")
+        return lyrics, descriptions.lower() if descriptions is not None else None
     if gen_type == "bgm":
         if descriptions is None:
             return _BGM_LYRICS, "."

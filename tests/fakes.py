@@ -121,6 +121,9 @@ class FakeStages:
     def assets(self, needs) -> list[str]:
         return list(self.missing_assets)
 
+    def lm_version(self) -> str:
+        return "v2"
+
     def recipe(self, lm: bool) -> dict:
         out = {"decoder": self.decoder_obj.fingerprint()}
         if lm:

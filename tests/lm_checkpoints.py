@@ -59,12 +59,16 @@ def upstream_config(cfg_overrides: dict | None = None) -> dict:
     return _merge(copy.deepcopy(TINY_UPSTREAM_CONFIG), cfg_overrides or {})
 
 
-def write_official_checkpoint(dir: Path, cfg_overrides: dict | None = None, seed: int = 0) -> Path:
-    """Random `config.yaml` + `model.pt` (raw state dict, `audiolm.` keys) in `dir`; returns `dir`."""
+def write_official_checkpoint(dir: Path, cfg_overrides: dict | None = None, seed: int = 0,
+                              version: str = "v2") -> Path:
+    """Random `config.yaml` + `model.pt` (raw state dict, `audiolm.` keys) in `dir`; returns `dir`.
+
+    `version` "v1" writes a v1 release's tables (no description tags); name the folder as upstream's rule
+    expects (e.g. `songgeneration_base`) to have it loaded as v1."""
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     raw = upstream_config(cfg_overrides)
-    cfg = LMConfig.from_upstream(raw)
+    cfg = LMConfig.from_upstream(raw, version)
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for key, shape in official_shapes(cfg).items():
@@ -89,8 +93,10 @@ def write_fixture_official_checkpoint(dir: Path, fixtures: Path) -> Path:
     return dir
 
 
-def write_public_mlx_checkpoint(dir: Path, official: Path, *, shards: int = 1, bits: int | None = None) -> Path:
-    """`official` re-laid out as ailuntx/SongGeneration-MLX writes it: fp32, optionally sharded or quantised.
+def write_public_mlx_checkpoint(dir: Path, official: Path, *, shards: int = 1, bits: int | None = None,
+                                official_config: bool = True) -> Path:
+    """`official` re-laid out as ailuntx/SongGeneration-MLX writes it: fp32, optionally sharded or quantised,
+    with its `config.official.yaml` copy unless `official_config` is False.
 
     Like its `nn.quantize(model)`, quantisation covers every Linear/Embedding, unused tables included.
     """
@@ -118,7 +124,8 @@ def write_public_mlx_checkpoint(dir: Path, official: Path, *, shards: int = 1, b
     if bits:
         config["quantization"] = {"bits": bits, "group_size": 64, "mode": "affine"}
     (dir / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    shutil.copy(official / "config.yaml", dir / "config.official.yaml")
+    if official_config:
+        shutil.copy(official / "config.yaml", dir / "config.official.yaml")
     if shards == 1:
         mx.save_safetensors(str(dir / "model.safetensors"), weights)
         return dir

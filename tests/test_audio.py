@@ -9,14 +9,18 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
+from audio_files import FRAME, write_m4a
+
 from levo_batch.audio import (
     AudioError,
     apply_resample_kernel,
     load_prompt_audio,
+    prompt_window,
     read_audio,
     resample,
     resample_kernel,
 )
+from levo_batch.stages import SAMPLE_RATE
 
 
 def _sinc_reference(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
@@ -111,12 +115,30 @@ def test_read_audio_formats(tmp_path):
         assert sr == 16000 and z.shape[0] == 1 and z.shape[1] > 7000
 
 
+def test_m4a_prompts_are_decoded_by_ffmpeg_then_cut_like_any_prompt(tmp_path):
+    """Upstream's torchaudio reads m4a/aac through FFmpeg: same decoder here, then the usual 48 kHz / 10 s."""
+    sr = 44100
+    t = np.arange(12 * sr) / sr
+    tone = (0.4 * np.stack([np.sin(2 * np.pi * 440 * t), np.sin(2 * np.pi * 660 * t)])).astype(np.float32)
+    path = write_m4a(tmp_path / "clip.m4a", tone, sr)
+    x, got_sr = read_audio(path)
+    assert got_sr == sr and x.dtype == np.float32 and x.shape[0] == 2
+    assert 12 * sr <= x.shape[1] < 12 * sr + FRAME  # encoder delay trimmed; only the last frame's padding remains
+    assert float(np.sqrt(np.mean((x[:, : 12 * sr] - tone) ** 2))) < 0.01  # AAC at its default bitrate
+    prompt = load_prompt_audio(path)
+    assert prompt.shape == (2, 10 * SAMPLE_RATE)
+    np.testing.assert_allclose(prompt, prompt_window(x, sr), atol=0)
+    mono = write_m4a(tmp_path / "mono.aac", tone[:1, : 2 * sr], sr)
+    assert read_audio(mono)[0].shape[0] == 1
+
+
 def test_read_audio_errors(tmp_path):
     with pytest.raises(AudioError, match=r"audio file .*nope\.wav does not exist"):
         read_audio(tmp_path / "nope.wav")
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"this is not audio at all" * 10)
-    with pytest.raises(AudioError, match=r"cannot read audio file .*junk\.wav: .*Supported formats are wav, flac"):
+    with pytest.raises(AudioError, match=r"cannot read audio file .*junk\.wav: .*; FFmpeg cannot decode it either "
+                                         r"\(.*\)\. Convert it to WAV or FLAC"):
         read_audio(junk)
     empty = _write(tmp_path / "empty.wav", np.zeros((2, 0), np.float32), 48000)
     with pytest.raises(AudioError, match=r"audio file .*empty\.wav contains no samples"):

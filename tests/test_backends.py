@@ -1,6 +1,10 @@
-"""The production stages' up-front checks and provenance recipe (no model is loaded)."""
+"""The production stages' settings, up-front checks and provenance recipe (no model is loaded)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
 
 from levo_batch.backends import DefaultStages, GenerationSettings
 from levo_batch.runtime import RuntimePaths
@@ -23,3 +27,21 @@ def test_recipe_follows_what_changes_the_audio_only(tmp_path):
     assert recipe(ckpt, tmp_path, low_mem=True)["lm"]["low_mem"] is True
     write_official_checkpoint(tmp_path / "ck", seed=1)  # other weights in the same folder
     assert recipe(ckpt, tmp_path)["lm"]["model"] != base["lm"]["model"]
+
+
+def _settings(**kw) -> GenerationSettings:
+    return GenerationSettings(ckpt_dir=Path("ck"), runtime=RuntimePaths(Path("rt")), **kw)
+
+
+def test_lm_precision_is_bf16_on_a_gpu_and_fp16_on_request(monkeypatch):
+    """bf16 is what the fused CUDA decode attention reads; fp16 (upstream's, measured ~10x closer to float32
+    logits: README, "LM precision") is one flag away."""
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.gpu))
+    assert _settings().lm_load_dtype() == "bf16"
+    assert _settings(lm_dtype="fp16").lm_load_dtype() == "fp16"
+
+
+def test_lm_precision_on_the_cpu_is_the_checkpoint_own(monkeypatch):
+    monkeypatch.setattr(mx, "default_device", lambda: mx.Device(mx.cpu))
+    assert _settings().lm_load_dtype() is None
+    assert _settings(lm_dtype="fp16").lm_load_dtype() == "fp16"

@@ -130,6 +130,34 @@ def test_download_fetches_only_inference_assets(tmp_path, monkeypatch, capsys):
     assert "auto-prompt library ->" in capsys.readouterr().out
 
 
+def test_download_accepts_the_mlx_community_names(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from levo_batch.download import MLX_COMMUNITY_CHECKPOINTS
+
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append((repo, kw)))
+    monkeypatch.chdir(tmp_path)
+    assert len(MLX_COMMUNITY_CHECKPOINTS) == 10
+    for name in ("mlx-community/SongGeneration-v2-large-4bit", "mlx-community/SongGeneration-v2-medium"):
+        assert main(["download", "--runtime-dir", str(tmp_path / "rt"), "--model", name]) == 0
+    assert [(repo, kw["local_dir"]) for repo, kw in calls[1::2]] == [
+        ("mlx-community/SongGeneration-v2-large-4bit", Path("ckpt/SongGeneration-v2-large-4bit")),
+        ("mlx-community/SongGeneration-v2-medium", Path("ckpt/SongGeneration-v2-medium")),
+    ]
+    with pytest.raises(SystemExit):
+        main(["download", "--model", "mlx-community/SongGeneration-v2-huge"])
+
+
+def test_convert_records_an_overridden_lm_version(tmp_path):
+    from lm_checkpoints import write_official_checkpoint
+    from levo_batch.lm.loading import load_lm
+
+    src = write_official_checkpoint(tmp_path / "renamed_v1", version="v1")
+    assert main(["convert", str(src), str(tmp_path / "mlx"), "--dtype", "fp32", "--lm-version", "v1"]) == 0
+    assert load_lm(tmp_path / "mlx").config.version == "v1"
+
+
 def test_convert_command_writes_a_loadable_mlx_folder(tmp_path, capsys):
     from lm_checkpoints import write_official_checkpoint
     from levo_batch.lm.loading import load_lm

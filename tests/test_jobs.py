@@ -6,6 +6,8 @@ import orjson
 import pytest
 import soundfile
 
+from audio_files import write_m4a
+
 from levo_batch.jobs import Job, JobsError, Problem, load_jobs
 from levo_batch.text import AUTO_PROMPT_TYPES, STRUCTURE_TAGS
 
@@ -233,6 +235,14 @@ def test_missing_prompt_names_every_path_tried(tmp_path):
         f"{path}:2: prompt_audio_path: '{tmp_path}/abs.wav' not found; tried {tmp_path}/abs.wav. "
         "Relative paths are resolved against the jsonl's folder, then the working directory: fix the path",
     ]
+
+
+def test_m4a_and_aac_prompts_are_accepted_like_upstream(tmp_path):
+    tone = (0.3 * np.sin(np.arange(48000) / 48000 * 2 * np.pi * 440)).astype(np.float32)[None]
+    clips = [write_m4a(tmp_path / "p.m4a", tone, 48000), write_m4a(tmp_path / "p.aac", tone, 48000)]
+    path = write_jsonl(tmp_path / "in.jsonl", song("a", prompt_audio_path="p.m4a"), song("b", prompt_audio_path="p.aac"))
+    jobs, _ = load_jobs(path)
+    assert [j.prompt_audio_path for j in jobs] == [c.resolve() for c in clips]
 
 
 def test_unusable_prompt_files(tmp_path):

@@ -1,6 +1,7 @@
 """LM conditioning against upstream's recorded tensors (fixtures/lm_tiny): config, tokenizers, conditioners."""
 
 import json
+import logging
 import shutil
 
 import mlx.core as mx
@@ -109,6 +110,55 @@ def test_added_vocabularies(tok, cases, cfg):
     assert {t: tok.description.token_to_id(t) for t in added["type_info"]} == added["type_info"]
     assert tok.lyrics.get_vocab_size() == cfg.lyrics_vocab
     assert tok.description.get_vocab_size() == cfg.description_vocab
+
+
+def test_v1_tokenizers_keep_plain_qwen2_dots_and_descriptions(fixtures):
+    """v1 releases were trained before `.` became a special lyric token and before the description tags."""
+    v1 = TextTokenizers.from_dir(fixtures / "qwen2_tokenizer", "v1")
+    v2 = TextTokenizers.from_dir(fixtures / "qwen2_tokenizer")
+    assert v1.encode_lyrics("[verse] hold on...")[1] == v2.encode_lyrics("[verse] hold on...")[1] == 151646
+    assert v2.encode_lyrics("[verse] hold on...")[-3:] == [13, 13, 13]
+    assert [v1.lyrics.id_to_token(i) for i in v1.encode_lyrics("[verse] hold on...")[-1:]] == ["..."]
+    assert v1.structure_ids == v2.structure_ids
+    assert v1.description.get_vocab_size() == 151646 and v1.description.token_to_id("[Pure-Music]") is None
+    assert max(v1.encode_description("[Musicality-very-high], pop")) < 151646
+    assert v1.encode_description(None) == [151644]
+
+
+def test_v1_condition_inputs_without_description(fixtures, cfg):
+    v1 = TextTokenizers.from_dir(fixtures / "qwen2_tokenizer", "v1")
+    got = condition_inputs(v1, cfg.with_version("v1"), "[verse] la la", None, None)
+    assert got.description_ids[:, 0].tolist() == [151644, 151644]
+    assert (got.description_ids[:, 1:] == 151643).all()
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def test_text_that_will_be_cut_is_reported_naming_the_song_and_limit(tok, cfg):
+    logger, records = logging.getLogger("levo_batch.lm.conditioners"), _Records()
+    logger.addHandler(records)
+    try:
+        fits = "[verse] " + " ".join(["la"] * (cfg.lyrics_max_len - 2))  # + <|im_start|> and [verse]: 600
+        assert len(tok.encode_lyrics(fits)) == cfg.lyrics_max_len
+        condition_inputs(tok, cfg, fits, "[Musicality-very-high], pop", None, song="fine")
+        assert records.messages == []
+        condition_inputs(tok, cfg, fits + " la la", "[Musicality-very-high], " + "pop, " * 60, None, song="s7")
+        condition_inputs(tok, cfg, fits + " la la", "pop", None)  # no song named: cut silently
+    finally:
+        logger.removeHandler(records)
+    assert records.messages == [
+        "song s7: lyrics too long: 602 tokens (<|im_start|> included) for the LM's limit of 600; the last 2 are "
+        "cut, as upstream does. Shorten the lyrics to keep all of it",
+        "song s7: description too long: 124 tokens (<|im_start|> included) for the LM's limit of 100; the last 24 "
+        "are cut, as upstream does. Shorten the description to keep all of it",
+    ]
 
 
 def test_hash_merges_are_dropped_like_upstream(tok):

@@ -291,3 +291,11 @@ def test_quantised_model_generates_fresh_songs(fixtures, tok, cases, tmp_path, k
         tokens = sink.tokens[song.idx]
         assert tokens.dtype == np.int64 and tokens.shape[0] == 3 and 0 < tokens.shape[1] <= 20
         assert sink.steps[song.idx][0] == (1, 24)
+
+
+def test_v1_checkpoint_generates_without_a_description(fixtures, tmp_path):
+    v1 = load_lm(write_official_checkpoint(tmp_path / "songgeneration_base", version="v1"))
+    tok_v1 = TextTokenizers.from_dir(fixtures / "qwen2_tokenizer", "v1")
+    sink = RecordingSink()
+    _generator(v1, tok_v1, GREEDY, max_duration=0.8).generate([SongRequest("a", "[verse] la la", None, None, 0)], sink)
+    assert sink.tokens["a"].shape[-1] == 20

@@ -1,6 +1,7 @@
 """LM checkpoint loading (official model.pt, our MLX conversions, the public MLX layout) and conversion."""
 
 import json
+import re
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -11,9 +12,9 @@ import yaml
 from mlx.utils import tree_flatten
 
 from levo_batch.lm.conditioners import condition_inputs
-from levo_batch.lm.config import LMConfig
+from levo_batch.lm.config import V2_RELEASE_MAX_DUR, LMConfig
 from levo_batch.lm.convert import convert
-from levo_batch.lm.loading import UNUSED_OFFICIAL, load_lm, official_shapes
+from levo_batch.lm.loading import UNUSED_OFFICIAL, load_lm, official_shapes, open_checkpoint
 from levo_batch.lm.model import LeVoLM
 from levo_batch.lm.tokenizer import TextTokenizers
 from levo_batch.runtime import RuntimePaths
@@ -219,3 +220,51 @@ def test_quantized_weights_need_quantization_config(tmp_path, official):
     (dst / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="holds quantised weights but its config has no `quantization`"):
         load_lm(dst)
+
+
+def config_of(path):
+    return open_checkpoint(path).config
+
+
+def test_max_dur_is_read_from_every_format(tmp_path, official):
+    """The release's own max_dur wherever it is recorded; public conversions without it are v2 releases."""
+    long = write_official_checkpoint(tmp_path / "long", {"max_dur": 270})
+    convert(long, tmp_path / "ours", dtype="fp32")
+    assert config_of(official).max_dur == 150.0
+    assert config_of(long).max_dur == 270.0
+    assert config_of(tmp_path / "ours").max_dur == 270.0
+    assert config_of(write_public_mlx_checkpoint(tmp_path / "pub", official)).max_dur == 150.0
+    bare = write_public_mlx_checkpoint(tmp_path / "bare", official, official_config=False)
+    assert not (bare / "config.official.yaml").exists()
+    assert config_of(bare).max_dur == V2_RELEASE_MAX_DUR == 270.0
+
+
+def test_broken_configs_are_reported_in_one_line(tmp_path):
+    from levo_batch.assets import open_lm_checkpoint
+
+    (tmp_path / "config.yaml").write_text("max_dur: 150\n")
+    (tmp_path / "model.pt").write_bytes(b"")
+    ckpt, error = open_lm_checkpoint(tmp_path)
+    assert ckpt is None
+    assert re.search(r"config.yaml has no `[\w.]+` entry; is this a SongGeneration LM config\?", error), error
+
+
+def test_v1_release_loads_by_folder_name_and_keeps_its_version_through_convert(tmp_path):
+    """Upstream's rule: songgeneration_base/_base_new/_base_full/_large are v1 (same LM, no description tags)."""
+    v1 = write_official_checkpoint(tmp_path / "SongGeneration-Base-New", version="v1")
+    loaded = load_lm(v1)
+    assert loaded.config.version == "v1" and loaded.config.description_vocab == 151646
+    assert loaded.model.condition_provider.conditioners["type_info"].output_proj.weight.shape == (151646, 64)
+    with pytest.raises(ValueError, match="read as a v2 checkpoint .*--lm-version"):
+        load_lm(v1, version="v2")
+    convert(v1, tmp_path / "mlx", dtype="fp32")
+    assert json.loads((tmp_path / "mlx" / "config.json").read_text())["version"] == "v1"
+    assert load_lm(tmp_path / "mlx").config == loaded.config
+    renamed = write_official_checkpoint(tmp_path / "my_v1", version="v1")
+    assert config_of(renamed).version == "v2" and load_lm(renamed, version="v1").config.version == "v1"
+
+
+def test_v2_conversions_keep_their_config_json(official, tmp_path):
+    convert(official, tmp_path / "mlx", dtype="fp32")
+    assert "version" not in json.loads((tmp_path / "mlx" / "config.json").read_text())
+    assert config_of(tmp_path / "mlx").version == "v2"

@@ -50,6 +50,14 @@ def test_lm_texts_quirks():
     assert lm_texts("[verse] x", "Jazz", "bgm") == (".", "[Musicality-very-high], [Pure-Music], jazz")
 
 
+def test_lm_texts_of_v1_checkpoints():
+    """v1: the lower-cased description alone, no description condition without one; bgm lyrics are '.'."""
+    assert lm_texts("[verse] a  b", "Female, POP", "mixed", "v1") == ("[verse] a b", "female, pop")
+    assert lm_texts("[verse] a", None, "separate", "v1") == ("[verse] a", None)
+    assert lm_texts("[verse] a", "Jazz", "bgm", "v1") == (".", "jazz")
+    assert lm_texts("[verse] a", None, "bgm", "v1") == (".", None)
+
+
 def test_lm_texts_rejects_unknown_gen_type():
     with pytest.raises(ValueError, match=r"unknown gen_type 'BGM'; expected one of mixed, bgm, vocal, separate"):
         lm_texts("[verse] x", None, "BGM")

@@ -11,6 +11,7 @@ tokens; none are produced here.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, fields
 
 import mlx.core as mx
@@ -23,6 +24,8 @@ from levo_batch.lm.tokenizer import PAD_ID, TextTokenizers
 MUSICALITY_HIGH = "[Musicality-very-high]"
 NULL_DESCRIPTION_LOW = "[Musicality-very-low], ."
 """Upstream's CFG null branch swaps a very-high musicality description for this one instead of dropping it."""
+
+log = logging.getLogger(__name__)
 
 STRUCTURE_ID_BASE = 151645
 """Structure-embedding index of a section = its tag id minus this (so `[verse]` 151646 -> 1)."""
@@ -44,12 +47,19 @@ class CondInputs:
 
 
 def condition_inputs(
-    tok: TextTokenizers, cfg: LMConfig, lyrics: str, descriptions: str, prompt_tokens: np.ndarray | None
+    tok: TextTokenizers, cfg: LMConfig, lyrics: str, descriptions: str | None, prompt_tokens: np.ndarray | None,
+    song: str | None = None,
 ) -> CondInputs:
-    """Rows [cond, null] for one song; texts are already normalised by `levo_batch.text.lm_texts`."""
+    """Rows [cond, null] for one song; texts are already normalised by `levo_batch.text.lm_texts`.
+
+    Text past the conditioners' lengths is cut, as upstream does; with `song` (its idx) that is also logged
+    as a warning naming the song and the limit, where upstream warns too."""
     lyric_rows = [tok.encode_lyrics(lyrics), tok.encode_lyrics(None)]
-    null_desc = NULL_DESCRIPTION_LOW if MUSICALITY_HIGH in descriptions else None
+    null_desc = NULL_DESCRIPTION_LOW if descriptions is not None and MUSICALITY_HIGH in descriptions else None
     desc_rows = [tok.encode_description(descriptions), tok.encode_description(null_desc)]
+    if song is not None:
+        _warn_if_cut(song, "lyrics", len(lyric_rows[0]), cfg.lyrics_max_len)
+        _warn_if_cut(song, "description", len(desc_rows[0]), cfg.description_max_len)
     structure = [_structure_ids(ids, tok.structure_ids) for ids in lyric_rows]
     prompt = _prompt_conditioner_input(lm_prompt_codes(prompt_tokens, cfg), cfg)
     return CondInputs(
@@ -89,6 +99,14 @@ def _prompt_conditioner_input(codes: np.ndarray, cfg: LMConfig) -> np.ndarray:
     seq = np.concatenate([np.full((cfg.code_depth, 1), cfg.eos_id, dtype=np.int32), codes], axis=1)
     seq[codes[:, 0] == cfg.special_id] = cfg.special_id
     return np.stack([_fit(row, cfg.prompt_max_len - 1, cfg.special_id) for row in seq])
+
+
+def _warn_if_cut(song: str, what: str, length: int, limit: int) -> None:
+    """Upstream's rule: more tokens than the limit (its `<|im_start|>` marker included) are cut."""
+    if length > limit:
+        log.warning(f"song {song}: {what} too long: {length} tokens (<|im_start|> included) for the LM's limit "
+                    f"of {limit}; the last {length - limit} are cut, as upstream does. Shorten the {what} to "
+                    f"keep all of it")
 
 
 def _structure_ids(ids: list[int], tags: tuple[int, ...]) -> list[int]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from levo_batch.text import DESCRIPTION_TAGS, STRUCTURE_TAGS
 
@@ -17,6 +17,19 @@ QWEN2_BASE_VOCAB = 151646
 """Qwen2's 151643 byte-level BPE ids plus its three special tokens (<|endoftext|>, <|im_start|>, <|im_end|>).
 
 Upstream appends its tags (and `.`, which already exists as id 13, so it adds no row) to this vocabulary."""
+
+V2_RELEASE_MAX_DUR = 270.0
+"""`max_dur` of the v2 releases (4m30s in upstream's model table). Public MLX conversions that lost their
+`config.official.yaml` get it: they exist only for v2 releases."""
+
+LM_VERSIONS = ("v1", "v2")
+"""Upstream's two text conventions. The LM itself is the same `LmModel` for both; v1 checkpoints
+(songgeneration_base, _base_new, _base_full, _large) were trained without the description tags and without
+`.` as a special lyric token, and see the description as plain lower-cased text (see `levo_batch.text`)."""
+
+V1_FOLDERS = ("songgeneration_base", "songgeneration_base_new", "songgeneration_base_full", "songgeneration_large")
+"""Upstream's rule: a checkpoint folder with one of these names (lower-cased, `-` read as `_`) is v1, any
+other name is v2."""
 
 MLX_FORMAT = "levo-batch-lm"
 AILUNTX_FORMAT = "songgeneration-mlx-audiolm"
@@ -40,12 +53,17 @@ class LMConfig:
     prompt_max_len: int = 252
     prompt_frames: int = 250
     cfg_coef: float = 1.5
-    max_dur: float = 150.0
+    max_dur: float = V2_RELEASE_MAX_DUR
     frame_rate: int = 25
     lyrics_vocab: int = 151659
     description_vocab: int = 151652
     structure_vocab: int = 200
     quantization: dict | None = None
+    version: str = "v2"
+
+    def __post_init__(self):
+        if self.version not in LM_VERSIONS:
+            raise ValueError(f"unknown LM version {self.version!r}; expected one of {', '.join(LM_VERSIONS)}")
 
     @property
     def head_dim(self) -> int:
@@ -65,8 +83,10 @@ class LMConfig:
         return self.code_size + 1
 
     @classmethod
-    def from_upstream(cls, cfg: dict) -> "LMConfig":
-        """From upstream's `config.yaml` as parsed by pyyaml (its OmegaConf interpolations are resolved here)."""
+    def from_upstream(cls, cfg: dict, version: str = "v2") -> "LMConfig":
+        """From upstream's `config.yaml` as parsed by pyyaml (its OmegaConf interpolations are resolved here).
+
+        `version` is not in the file: upstream takes it from the folder name (`version_of_folder`)."""
 
         def get(path: str):
             return _upstream_value(cfg, path)
@@ -92,16 +112,21 @@ class LMConfig:
             max_dur=float(get("max_dur")),
             frame_rate=int(get("audio_tokenizer_frame_rate")),
             lyrics_vocab=QWEN2_BASE_VOCAB + len(lyric_tags),
-            description_vocab=QWEN2_BASE_VOCAB + len(DESCRIPTION_TAGS),
+            description_vocab=description_vocab(version),
+            version=version,
         )
+
+    def with_version(self, version: str) -> "LMConfig":
+        """This config read with the other version's text conventions (`--lm-version`)."""
+        return replace(self, version=version, description_vocab=description_vocab(version))
 
     @classmethod
     def from_mlx(cls, cfg: dict) -> "LMConfig":
         """From a conversion's `config.json`: ours (`to_mlx`) or the public ailuntx/mlx-community layout.
 
         The public layout keeps its sizes under `runtime` with its own names; values it does not record
-        (text lengths, delays, max_dur, table sizes) are the v2 defaults, which is what its runtime
-        hard-codes too.
+        (text lengths, delays, max_dur, table sizes) are the v2 release values, which is what its runtime
+        hard-codes too (those conversions exist only for v2 releases).
         """
         if cfg.get("format") == AILUNTX_FORMAT or "runtime" in cfg:
             rt = cfg["runtime"]
@@ -132,7 +157,24 @@ class LMConfig:
         out["delays"] = list(self.delays)
         if self.quantization is None:
             del out["quantization"]
+        if self.version == "v2":
+            del out["version"]  # the default: v2 conversions keep the config (and model id) they always had
         return out
+
+
+def description_vocab(version: str) -> int:
+    """Rows of the description (`type_info`) table: v2 appends its tags (`.` already exists), v1 adds none."""
+    return QWEN2_BASE_VOCAB + (len(DESCRIPTION_TAGS) if version == "v2" else 0)
+
+
+def version_of_folder(folder: str) -> str:
+    """Upstream's folder-name rule (generate.py's `__main__`): v1 for the four v1 release names, else v2."""
+    return "v1" if folder_key(folder) in V1_FOLDERS else "v2"
+
+
+def folder_key(folder: str) -> str:
+    """A checkpoint folder's name as upstream compares it: last path component, lower case, `-` -> `_`."""
+    return str(folder).rstrip("/").rsplit("/", 1)[-1].lower().replace("-", "_")
 
 
 def _quantization(q: dict | None) -> dict | None:
@@ -160,7 +202,7 @@ def _upstream_value(cfg: dict, path: str):
     node = cfg
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"config.yaml has no `{path}` entry; is this a LeVo 2 (SongGeneration v2) config?")
+            raise KeyError(f"config.yaml has no `{path}` entry; is this a SongGeneration LM config?")
         node = node[part]
     if not isinstance(node, str) or "${" not in node:
         return node

@@ -29,13 +29,16 @@ def convert(
     quantize: int | None = None,
     group_size: int = 64,
     max_shard_bytes: int = SHARD_BYTES,
+    version: str | None = None,
 ) -> Path:
-    """Write the MLX conversion of `src` (any layout `load_lm` reads, unquantised) into `dst`; returns `dst`."""
+    """Write the MLX conversion of `src` (any layout `load_lm` reads, unquantised) into `dst`; returns `dst`.
+
+    `version` overrides the LM version read from `src` (see `open_checkpoint`); the result records it."""
     src, dst = Path(src), Path(dst)
     if quantize not in (None, 4, 8):
         raise ValueError(f"quantize must be 4 or 8 bits (or None), got {quantize}")
     target = parse_dtype(dtype)
-    ckpt = open_checkpoint(src)
+    ckpt = open_checkpoint(src, version)
     if ckpt.config.quantization:
         raise ValueError(f"{src} is already quantised; convert from the official release or an unquantised conversion")
     dst.mkdir(parents=True, exist_ok=True)

@@ -107,7 +107,8 @@ class MLXTokenGenerator:
 
     def _prepare(self, song: SongRequest) -> "_Prepared":
         try:
-            inputs = condition_inputs(self.tokenizers, self.cfg, song.lyrics, song.descriptions, song.prompt_tokens)
+            inputs = condition_inputs(self.tokenizers, self.cfg, song.lyrics, song.descriptions, song.prompt_tokens,
+                                      song=song.idx)
         except ValueError as e:
             raise ValueError(f"song {song.idx}: {e}") from e
         return _Prepared(song, inputs, *self._start_state(song))

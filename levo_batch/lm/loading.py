@@ -28,7 +28,7 @@ import yaml
 from mlx.utils import tree_flatten
 
 from levo_batch.errors import LevoError
-from levo_batch.lm.config import AILUNTX_FORMAT, LMConfig
+from levo_batch.lm.config import AILUNTX_FORMAT, V1_FOLDERS, LMConfig, version_of_folder
 from levo_batch.lm.model import LeVoLM
 
 OFFICIAL_PREFIX = "audiolm."
@@ -105,9 +105,10 @@ class LoadedLM:
     dtype: str
 
 
-def load_lm(path: Path, *, dtype: str | None = None) -> LoadedLM:
-    """Build `LeVoLM` and load a checkpoint into it (`dtype` None keeps the stored precision)."""
-    ckpt = open_checkpoint(Path(path))
+def load_lm(path: Path, *, dtype: str | None = None, version: str | None = None) -> LoadedLM:
+    """Build `LeVoLM` and load a checkpoint into it (`dtype` None keeps the stored precision; `version` None
+    follows the checkpoint, see `open_checkpoint`)."""
+    ckpt = open_checkpoint(Path(path), version=version)
     weights = dict(ckpt.tensors(parse_dtype(dtype)))
     model = LeVoLM(ckpt.config)
     quantized = {k[: -len(".scales")] for k in weights if k.endswith(".scales")}
@@ -132,14 +133,17 @@ def parse_dtype(dtype: str | None) -> mx.Dtype | None:
     return DTYPES[dtype]
 
 
-def open_checkpoint(path: Path) -> Checkpoint:
-    """Detect the layout of `path` and open it without reading the weights yet."""
+def open_checkpoint(path: Path, version: str | None = None) -> Checkpoint:
+    """Detect the layout of `path` and open it without reading the weights yet.
+
+    The LM version (v1/v2 text conventions) is `version` when given; else an official folder follows
+    upstream's folder-name rule and a conversion its `config.json` (`levo-batch convert` records it)."""
     if not path.is_dir():
         raise FileNotFoundError(f"LM checkpoint folder {path} does not exist")
     if (path / "config.json").is_file():
-        return _open_mlx(path)
+        return _open_mlx(path, version)
     if (path / "config.yaml").is_file():
-        return _open_official(path)
+        return _open_official(path, version or version_of_folder(path.name))
     raise FileNotFoundError(
         f"no LeVo LM checkpoint in {path}: expected config.yaml + model.pt (official release, e.g. "
         f"songgeneration_v2_large) or config.json + model.safetensors (MLX conversion, `levo-batch convert`)"
@@ -160,9 +164,11 @@ def check_keys(ckpt: Checkpoint, got: dict[str, tuple], expected: dict[str, tupl
         problems.append("shape mismatches: " + _some([f"{k} {tuple(got[k])} != {tuple(expected[k])}" for k in wrong]))
     if problems:
         raise ValueError(
-            f"{ckpt.describe()} does not match a LeVo 2 LM of its config ({ckpt.source_format} layout): "
+            f"{ckpt.describe()} does not match a LeVo LM of its config ({ckpt.source_format} layout): "
             + "; ".join(problems)
-            + ". Re-download or re-convert the checkpoint; config and weights must come from the same release."
+            + ". Re-download or re-convert the checkpoint; config and weights must come from the same release. "
+            + f"It was read as a {ckpt.config.version} checkpoint (v1: folders named {', '.join(V1_FOLDERS)}); "
+            + "if that is wrong, say which with --lm-version."
         )
 
 
@@ -216,8 +222,8 @@ def used_shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
     return {k: v for k, v in official_shapes(cfg).items() if not k.startswith(UNUSED_OFFICIAL)}
 
 
-def _open_official(path: Path) -> Checkpoint:
-    cfg = LMConfig.from_upstream(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")))
+def _open_official(path: Path, version: str) -> Checkpoint:
+    cfg = LMConfig.from_upstream(yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")), version)
     pt = path / "model.pt"
     if not pt.is_file():
         raise FileNotFoundError(f"{pt} is missing: an official checkpoint folder holds config.yaml and model.pt")
@@ -242,13 +248,15 @@ def _open_official(path: Path) -> Checkpoint:
     return Checkpoint(cfg, "official", [pt], read)
 
 
-def _open_mlx(path: Path) -> Checkpoint:
+def _open_mlx(path: Path, version: str | None) -> Checkpoint:
     raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
     public = raw.get("format") == AILUNTX_FORMAT or "runtime" in raw
     cfg = LMConfig.from_mlx(raw)
     if public and (path / "config.official.yaml").is_file():
         official = yaml.safe_load((path / "config.official.yaml").read_text(encoding="utf-8"))
-        cfg = replace(LMConfig.from_upstream(official), quantization=cfg.quantization)
+        cfg = replace(LMConfig.from_upstream(official, cfg.version), quantization=cfg.quantization)
+    if version is not None and version != cfg.version:
+        cfg = cfg.with_version(version)
     files = _weight_files(path)
     rename = _public_key if public else (lambda k: k)
 

@@ -32,6 +32,8 @@ class SamplingParams:
     """Upstream `generate.py` defaults: sampling at temperature 0.8 with top-k 5000, penalty 1.1 over 50 columns.
 
     (`--low_mem` upstream uses temperature 0.9, top-k 50.) `cfg_coef` None takes the checkpoint's (1.5).
+    `low_mem` records that upstream's low-memory mode chose the defaults: the mode is decided per machine
+    (`levo_batch.lowmem`), so a token record says which one made it.
     `penalty_window` 0 penalises every column written so far, like upstream's `pool[-0:]` slice. Top-p is not
     supported: upstream never uses it.
     """
@@ -42,6 +44,7 @@ class SamplingParams:
     cfg_coef: float | None = None
     penalty: float = 1.1
     penalty_window: int = 50
+    low_mem: bool = False
 
     def __post_init__(self):
         if self.top_k < 0 or self.penalty_window < 0 or self.penalty <= 0:

@@ -4,6 +4,10 @@ Upstream loads `third_party/Qwen2-7B` twice and adds different tags to each copy
 means `[verse]` for the lyrics and `[Musicality-very-high]` for the description: the two must stay separate
 objects. Upstream's slow `Qwen2Tokenizer` also silently skips every merge line that starts with `#`, so runs
 of `#` never merge; the checkpoints saw that tokenisation, so we drop those merges too.
+
+v1 checkpoints (see `levo_batch.lm.config.LM_VERSIONS`) were trained before upstream added `.` as a special
+lyric token and the description tags: their lyrics tokenizer has the structure tags only, and their
+description tokenizer is plain Qwen2.
 """
 
 from __future__ import annotations
@@ -34,10 +38,13 @@ class TextTokenizers:
         self.structure_ids = tuple(lyrics.token_to_id(t) for t in STRUCTURE_TAGS)
 
     @classmethod
-    def from_dir(cls, path: Path) -> "TextTokenizers":
+    def from_dir(cls, path: Path, version: str = "v2") -> "TextTokenizers":
         """From a Qwen2-7B tokenizer folder: `tokenizer.json`, else `vocab.json` + `merges.txt`."""
         path = Path(path)
-        return cls(_with_tags(_load_base(path), STRUCTURE_TAGS), _with_tags(_load_base(path), DESCRIPTION_TAGS))
+        if version == "v1":
+            return cls(_with_tags(_load_base(path), STRUCTURE_TAGS), _load_base(path))
+        return cls(_with_tags(_load_base(path), (*STRUCTURE_TAGS, ".")),
+                   _with_tags(_load_base(path), (*DESCRIPTION_TAGS, ".")))
 
     def encode_lyrics(self, text: str | None) -> list[int]:
         """Upstream's lyrics ids: `<|im_start|>` + text (just the marker for a null condition), no cut."""
@@ -52,8 +59,8 @@ def _encode(tok: Tokenizer, text: str | None) -> list[int]:
 
 
 def _with_tags(tok: Tokenizer, tags: tuple[str, ...]) -> Tokenizer:
-    """Add the tags then `.` as always-split special tokens, as upstream's `add_tokens(..., special_tokens=True)`."""
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in (*tags, ".")])
+    """Add `tags` as always-split special tokens, as upstream's `add_tokens(..., special_tokens=True)`."""
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in tags])
     return tok
 
 
