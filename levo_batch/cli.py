@@ -133,14 +133,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     setup_logging()
     memory = memory_mode(args.low_mem, args.ckpt_dir)
-    log(memory.announce())
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
         return EXIT_USAGE
     gen_type = gen_type_of(args)
     opts = RunOptions(args.input_jsonl, Path(args.save_dir), gen_type, args.seed, args.tokens_only,
                       args.decode_only, args.overwrite, args.dry_run, args.strict,
-                      save_dir_text=args.save_dir)
+                      save_dir_text=args.save_dir, banner=(memory.announce(),))
     settings = GenerationSettings(
         ckpt_dir=args.ckpt_dir, runtime=RuntimePaths.resolve(args.runtime_dir), gen_type=gen_type,
         low_mem=memory.low_mem, batch_size=args.batch_size, kv_cache=args.kv_cache,

@@ -76,6 +76,8 @@ class RunOptions:
     strict: bool = False
     save_dir_text: str | None = None
     """SAVE_DIR as typed: upstream writes `wav_path` from it verbatim."""
+    banner: tuple[str, ...] = ()
+    """Lines that describe how this run renders (e.g. the memory mode), logged first once every check passed."""
 
 
 @dataclass
@@ -128,6 +130,8 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
         raise provenance.strict_refusal(redo)
     raise_if(stages.assets(Needs.of(todo, tokens_only=opts.tokens_only, decode_only=opts.decode_only))
              + (decode_only_problems(todo, opts.save_dir / "tokens") if opts.decode_only else []))
+    for line in opts.banner:
+        log(line)
     if opts.dry_run:
         print_plan(jobs, opts, stems, redo)
         return summary

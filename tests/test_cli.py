@@ -100,7 +100,8 @@ def test_generate_sh_forwards_to_the_cli(tiny, tmp_path):
     assert "a: new: LM, then decode" in done.stdout and "generation type bgm" in done.stdout
 
 
-def test_download_fetches_only_inference_assets(tmp_path, monkeypatch, capsys):
+def fake_hub(monkeypatch) -> list:
+    """Records every download instead of reaching the hub; the runtime repo's files appear as empty files."""
     import huggingface_hub
 
     from levo_batch import fetch
@@ -119,6 +120,13 @@ def test_download_fetches_only_inference_assets(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     monkeypatch.setattr(fetch, "check_reachable", lambda url: None)
     monkeypatch.setattr(fetch, "fetch_auto_prompt", lambda dest: calls.append(("auto-prompt", dest)))
+    return calls
+
+
+def test_download_fetches_only_inference_assets(tmp_path, monkeypatch, capsys):
+    from levo_batch.runtime import RuntimePaths
+
+    calls = fake_hub(monkeypatch)
     assert main(["download", "--runtime-dir", str(tmp_path / "rt"), "--model", "v2-large",
                  "--ckpt-dir", str(tmp_path / "ck")]) == 0
     (runtime_repo, runtime_kw), (model_repo, model_kw), auto = calls
@@ -131,17 +139,14 @@ def test_download_fetches_only_inference_assets(tmp_path, monkeypatch, capsys):
 
 
 def test_download_accepts_the_mlx_community_names(tmp_path, monkeypatch):
-    import huggingface_hub
-
     from levo_batch.download import MLX_COMMUNITY_CHECKPOINTS
 
-    calls = []
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: calls.append((repo, kw)))
+    calls = fake_hub(monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert len(MLX_COMMUNITY_CHECKPOINTS) == 10
     for name in ("mlx-community/SongGeneration-v2-large-4bit", "mlx-community/SongGeneration-v2-medium"):
         assert main(["download", "--runtime-dir", str(tmp_path / "rt"), "--model", name]) == 0
-    assert [(repo, kw["local_dir"]) for repo, kw in calls[1::2]] == [
+    assert [(repo, kw["local_dir"]) for repo, kw in calls if repo.startswith("mlx-community/")] == [
         ("mlx-community/SongGeneration-v2-large-4bit", Path("ckpt/SongGeneration-v2-large-4bit")),
         ("mlx-community/SongGeneration-v2-medium", Path("ckpt/SongGeneration-v2-medium")),
     ]
