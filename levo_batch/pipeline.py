@@ -16,9 +16,10 @@ import numpy as np
 
 from .interrupt import StopRequested, interruptible
 from .jobs import Job, load_jobs
-from .lock import RunLock
-from .outputs import audio_paths, is_done, output_item, output_jsonl_path, write_flac, write_output_jsonl
+from .outputs import audio_paths, is_done, output_jsonl_path, write_flac, write_output_jsonl
 from .progress import LMProgress, log, song_bar
+from .results import PARTS_DIR, assemble_if_last, finished_items, write_part
+from .shards import WHOLE, Shard, shard_lock
 from .stages import (
     AudioDecoder,
     DecodeRequest,
@@ -61,6 +62,8 @@ class RunOptions:
     strict: bool = False
     save_dir_text: str | None = None
     """SAVE_DIR as typed: upstream writes `wav_path` from it verbatim."""
+    shard: Shard = WHOLE
+    """The songs of this process (`--shard K/N` or the scheduler's environment); others are left alone."""
 
 
 @dataclass
@@ -96,18 +99,21 @@ def lm_mode(gen_type: str) -> str:
 def run(opts: RunOptions, stages: Stages) -> Summary:
     """Render every job of `opts.input_path`; raises before touching SAVE_DIR if the input is invalid."""
     started = time.monotonic()
-    jobs, warnings = load_jobs(opts.input_path, strict=opts.strict)
+    all_jobs, warnings = load_jobs(opts.input_path, strict=opts.strict)
     for problem in warnings:
         log(f"warning: {problem}")
+    jobs = opts.shard.select(all_jobs)
+    if not opts.shard.whole:
+        log(f"shard {opts.shard.label}: {len(jobs)} of {len(all_jobs)} songs")
     summary = Summary()
     stems = stems_for(opts.gen_type)
     if opts.dry_run:
         print_plan(jobs, opts, stems)
         return summary
     opts.save_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(opts.save_dir), interruptible():
+    with shard_lock(opts.save_dir, opts.shard), interruptible():
         store = TokenStore(opts.save_dir, strict=opts.strict)
-        for folder in ("audios", "jsonl"):
+        for folder in ("audios", "jsonl", f"jsonl/{PARTS_DIR}"):
             sweep_temp_files(opts.save_dir / folder)
         todo = []
         for job in jobs:
@@ -124,7 +130,9 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
         if todo and not opts.tokens_only:
             decoder_phase(todo, prompts, opts, stages, store, summary, stems)
         if not opts.tokens_only:
-            write_results(jobs, opts, store, stems)
+            write_results(jobs, opts, stems)
+    if not opts.tokens_only and not opts.shard.whole:
+        assemble_if_last(all_jobs, opts.save_dir, opts.input_path, save_dir_text(opts), stems)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -281,14 +289,17 @@ def decode_into(decoder: AudioDecoder, requests: list[DecodeRequest], opts: RunO
         StopRequested.check()
 
 
-def write_results(jobs: Sequence[Job], opts: RunOptions, store: TokenStore, stems: tuple[str, ...]) -> None:
-    """Upstream's result jsonl: every finished item in input order, plus `wav_path` and prompt facts."""
-    items = []
-    for job in jobs:
-        if not is_done(opts.save_dir, job.idx, stems):
-            continue
-        record = store.load_any(job.idx)
-        extra = record.meta.get("prompt") if record is not None else None
-        items.append(output_item(job.item, opts.save_dir_text or str(opts.save_dir), extra))
-    if items:
-        write_output_jsonl(output_jsonl_path(opts.save_dir, opts.input_path), items)
+def save_dir_text(opts: RunOptions) -> str:
+    return opts.save_dir_text or str(opts.save_dir)
+
+
+def write_results(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...]) -> None:
+    """Upstream's result jsonl: every finished item in input order, plus `wav_path` and prompt facts.
+
+    A shard writes only its part; the whole file is assembled once no shard runs (`levo_batch.results`).
+    """
+    items = finished_items(jobs, opts.save_dir, save_dir_text(opts), stems)
+    if not opts.shard.whole:
+        write_part(opts.save_dir, opts.input_path, opts.shard, items)
+    elif items:
+        write_output_jsonl(output_jsonl_path(opts.save_dir, opts.input_path), list(items.values()))
