@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -120,7 +121,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         return launch(args, shard)
     if not shard.whole:
-        log(shard.describe())
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        log(shard.describe() + (f", CUDA_VISIBLE_DEVICES={devices}" if devices is not None else ""))
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
         return EXIT_USAGE
@@ -252,7 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # --gpus hands the same command line to its workers
     return args.func(args)
 
 

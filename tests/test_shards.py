@@ -86,6 +86,7 @@ def test_flag_beats_the_environment_and_nothing_means_the_whole_file():
 
 def test_cli_first_line_names_the_shard_and_its_source(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     jobs = tmp_path / "in.jsonl"
     jobs.write_text("".join(f'{{"idx": "s{i}", "gt_lyric": "[verse] La la ; [outro-short]"}}\n' for i in range(5)))
     assert main(["generate", "ck", str(jobs), str(tmp_path / "out"), "--shards", "2", "--dry-run"]) == 0
