@@ -174,13 +174,20 @@ class RunLock:
 
 def live_holder(path: Path) -> tuple[bool, dict | None]:
     """Whether the run named in lock file `path` is alive (it holds the flock), and its payload."""
+    writable = True
     try:
         fd = os.open(path, os.O_RDWR)  # an exclusive lock on NFS needs a writable descriptor
     except FileNotFoundError:
         return False, None
+    except PermissionError:  # another user's run: judge it by its payload alone
+        writable = False
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False, None
     try:
         holder = _read_holder(fd)
-        if fcntl is None:
+        if fcntl is None or not writable:
             return holder is not None and not _provably_dead(holder), holder
         if _try_flock(fd):
             return False, holder

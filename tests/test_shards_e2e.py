@@ -113,3 +113,14 @@ def test_a_shard_killed_mid_song_and_run_again_alone_completes_the_album(setup, 
                            timeout=600, env=setup[4])
     assert again.returncode == 0, again.stderr[-3000:]
     assert album(out) == reference
+
+
+def test_gpus_launcher_with_fake_devices_renders_the_same_album(setup, reference, tmp_path):
+    out = tmp_path / "out"
+    done = subprocess.run(command(setup, out, "--gpus", "0,1"), capture_output=True, text=True, timeout=600,
+                          env=dict(setup[4], CUDA_VISIBLE_DEVICES="3,5"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[gpu 3] shard 0/2 (from --shard), CUDA_VISIBLE_DEVICES=3" in done.stderr
+    assert "[gpu 5] shard 1/2 (from --shard), CUDA_VISIBLE_DEVICES=5" in done.stderr
+    assert "gpu 3, shard 0/2: ok; done 2, skipped 0, failed 0" in done.stderr
+    assert album(out) == reference
