@@ -107,7 +107,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import RunOptions, run
     from .progress import log, setup_logging
     from .runtime import RuntimePaths
-
     from .shards import resolve_shard
 
     setup_logging()
@@ -176,8 +175,8 @@ def add_merge(sub: argparse._SubParsersAction) -> None:
 def cmd_merge(args: argparse.Namespace) -> int:
     from .jobs import JobsError, load_jobs
     from .pipeline import stems_for
-    from .progress import log, setup_logging
     from .outputs import output_jsonl_path
+    from .progress import log, setup_logging
     from .results import assemble
     from .shards import live_shards
 
