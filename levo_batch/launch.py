@@ -162,14 +162,12 @@ class Supervisor:
         previous = {sig: signal.signal(sig, self._forward) for sig in (signal.SIGINT, signal.SIGTERM)}
         pumps = []
         try:
-            for worker in self.workers:
-                env = dict(os.environ, CUDA_VISIBLE_DEVICES=worker.gpu, **{WORKER_ENV: worker.gpu})
-                worker.proc = subprocess.Popen(worker.argv, env=env, stdout=subprocess.PIPE,
-                                               stderr=subprocess.STDOUT, text=True, errors="replace",
-                                               start_new_session=True)
-                pump = threading.Thread(target=_pump, args=(worker, worker.proc.stdout, self._lock), daemon=True)
-                pump.start()
-                pumps.append(pump)
+            try:
+                for worker in self.workers:
+                    pumps.append(self._start(worker))
+            except BaseException:  # a worker that cannot start: stop the ones that did, they are in their own sessions
+                self._forward(signal.SIGTERM, None)
+                raise
             if self.progress:
                 self._draw(song_bar)
             for worker in self.workers:
@@ -181,17 +179,28 @@ class Supervisor:
                 signal.signal(sig, handler)
         return self._report()
 
+    def _start(self, worker: Worker) -> threading.Thread:
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=worker.gpu, **{WORKER_ENV: worker.gpu})
+        worker.proc = subprocess.Popen(worker.argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                       text=True, errors="replace", start_new_session=True)
+        pump = threading.Thread(target=_pump, args=(worker, worker.proc.stdout, self._lock), daemon=True)
+        pump.start()
+        return pump
+
     def _draw(self, song_bar) -> None:
         """The album bar until every worker has exited; songs finished before this run are its start, not its rate."""
         self._count()
         with song_bar(sum(len(w.songs) for w in self.workers), "album") as bar:
             bar.initial = bar.n = bar.last_print_n = self._finished()
             bar.refresh()
-            while any(w.proc.poll() is None for w in self.workers):
-                time.sleep(_POLL_S)
-                self._count()
+            while True:
+                running = any(w.proc.poll() is None for w in self.workers)
+                self._count()  # once more after the last worker exits: its last songs count
                 bar.set_postfix_str(self._per_gpu(), refresh=False)
                 bar.update(self._finished() - bar.n)
+                if not running:
+                    return
+                time.sleep(_POLL_S)
 
     def _forward(self, signum, frame) -> None:
         self.interrupted = True
