@@ -1,6 +1,6 @@
 """Real `levo-batch generate` processes (tiny MLX LM + tiny decoder on CPU) sharing one SAVE_DIR: three shards at
 once render the album of one process exactly, song by song; a shard killed with SIGKILL and re-run alone completes
-it.
+it; `--gpus` on fake devices, stopped by Ctrl-C and run again, ends with the same album.
 
 Decoding runs one window at a time (`--decoder-batch 1`): on the CPU a window decoded in a batch differs from the
 same window decoded alone in the last bits, and a shard batches fewer songs than one process does."""
@@ -115,12 +115,22 @@ def test_a_shard_killed_mid_song_and_run_again_alone_completes_the_album(setup, 
     assert album(out) == reference
 
 
-def test_gpus_launcher_with_fake_devices_renders_the_same_album(setup, reference, tmp_path):
+def test_gpus_launcher_with_fake_devices_forwards_ctrl_c_and_resumes_to_the_same_album(setup, reference, tmp_path):
     out = tmp_path / "out"
-    done = subprocess.run(command(setup, out, "--gpus", "0,1"), capture_output=True, text=True, timeout=600,
-                          env=dict(setup[4], CUDA_VISIBLE_DEVICES="3,5"))
+    env = dict(setup[4], CUDA_VISIBLE_DEVICES="3,5")
+    parent = subprocess.Popen(command(setup, out, "--gpus", "0,1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("tokens/*.partial.npz")) and parent.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    parent.send_signal(signal.SIGINT)  # what Ctrl-C does: only the parent's session gets it
+    _, err = parent.communicate(timeout=600)
+    assert parent.returncode == 130, err[-3000:]
+    assert "[gpu 3] shard 0/2 (from --shard), CUDA_VISIBLE_DEVICES=3" in err
+    assert "[gpu 5] shard 1/2 (from --shard), CUDA_VISIBLE_DEVICES=5" in err
+    assert "[gpu 3] interrupted: everything finished so far is saved" in err
+    assert err.rstrip().endswith("resume with the same command")
+    done = subprocess.run(command(setup, out, "--gpus", "0,1"), capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "[gpu 3] shard 0/2 (from --shard), CUDA_VISIBLE_DEVICES=3" in done.stderr
-    assert "[gpu 5] shard 1/2 (from --shard), CUDA_VISIBLE_DEVICES=5" in done.stderr
-    assert "gpu 3, shard 0/2: ok; done 2, skipped 0, failed 0" in done.stderr
+    assert "gpu 3, shard 0/2: ok; done " in done.stderr and "gpu 5, shard 1/2: ok; done " in done.stderr
     assert album(out) == reference
