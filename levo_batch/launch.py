@@ -7,9 +7,9 @@ do: their own locks, their own jsonl parts, the last one assembles the whole fil
 shard (a Slurm array task with `--gpus all`) splits that shard, not the whole file (`Shard.split`).
 
 The parent draws one view: a bar over the album's songs, counted from the files the workers write (a song is
-finished when its flacs exist, or its token record with `--tokens-only`), with each GPU's count beside it;
-the workers' own messages are passed through prefixed by their GPU, their bars dropped. Workers run in their
-own sessions, so a terminal's Ctrl-C reaches only the parent, which forwards SIGINT/SIGTERM once per signal:
+finished when its flacs exist, or its token record with `--tokens-only`), with the LM's count and each GPU's
+beside it; the workers' own messages are passed through prefixed by their GPU, their bars dropped. Workers run
+in their own sessions, so a terminal's Ctrl-C reaches only the parent, which forwards SIGINT/SIGTERM once per signal:
 the first asks every worker to stop at its next safe point, a second stops them at once, as in one process.
 """
 
@@ -118,6 +118,7 @@ class Worker:
     songs: list[str]
     proc: subprocess.Popen | None = None
     finished: set[str] = field(default_factory=set)
+    tokens: set[str] = field(default_factory=set)
     last_summary: str = ""
 
     @property
@@ -125,10 +126,8 @@ class Worker:
         return f"gpu {self.gpu}"
 
 
-def _song_finished(save_dir: Path, idx: str, stems: tuple[str, ...], tokens_only: bool) -> bool:
-    from .outputs import is_done
-
-    return (save_dir / "tokens" / f"{idx}.npz").exists() if tokens_only else is_done(save_dir, idx, stems)
+def _has_tokens(save_dir: Path, idx: str) -> bool:
+    return (save_dir / "tokens" / f"{idx}.npz").exists()
 
 
 def _pump(worker: Worker, stream: IO[str], lock: threading.Lock) -> None:
@@ -209,15 +208,24 @@ class Supervisor:
                 worker.proc.send_signal(signum)
 
     def _count(self) -> None:
+        from .outputs import is_done
+
         for worker in self.workers:
-            worker.finished.update(idx for idx in worker.songs if idx not in worker.finished and
-                                   _song_finished(self.save_dir, idx, self.stems, self.tokens_only))
+            worker.tokens.update(idx for idx in worker.songs
+                                 if idx not in worker.tokens and _has_tokens(self.save_dir, idx))
+            done = worker.tokens if self.tokens_only else (
+                idx for idx in worker.songs if idx not in worker.finished and is_done(self.save_dir, idx, self.stems))
+            worker.finished.update(done)
 
     def _finished(self) -> int:
         return sum(len(w.finished) for w in self.workers)
 
     def _per_gpu(self) -> str:
-        return " ".join(f"{w.gpu}:{len(w.finished)}/{len(w.songs)}" for w in self.workers)
+        """The LM phase lasts longest and finishes no song: its token count comes first, then each GPU's songs."""
+        tokens = sum(len(w.tokens) for w in self.workers)
+        songs = sum(len(w.songs) for w in self.workers)
+        return f"LM {tokens}/{songs} | " + " ".join(f"gpu {w.gpu}: {len(w.finished)}/{len(w.songs)}"
+                                                    for w in self.workers)
 
     def _report(self) -> int:
         from .progress import log

@@ -166,6 +166,6 @@ def test_combined_view_counts_the_songs_workers_finish(tmp_path, capsys):
                for g, s in enumerate(songs)]
     assert Supervisor(workers, out, ("main",), False).run() == 0
     err = capsys.readouterr().err
-    assert "album: 100%" in err and "3/3" in err
+    assert "album: 100%" in err and "3/3" in err and "LM 0/3 | gpu 0: 2/2 gpu 1: 1/1" in err
     assert "gpu 0, shard 0/2: ok; done 2, skipped 0, failed 0" in err
     assert [sorted(w.finished) for w in workers] == songs
