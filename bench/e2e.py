@@ -150,6 +150,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8, help="LM songs at once (default 8)")
     p.add_argument("--decoder-batch", type=int, default=4, help="decoder windows at once (default 4)")
     p.add_argument("--quantize", type=int, choices=(4, 8), default=None, help="quantise the LM (default bf16)")
+    p.add_argument("--kv-cache", choices=("bf16", "int8"), default="bf16", help="LM cache precision (default bf16)")
     p.add_argument("--work", type=Path, default=None,
                    help="keep checkpoints and outputs here and reuse them (default: a temporary folder)")
     p.add_argument("--fixtures", type=Path, default=None, help="golden fixtures folder (tokenizer, decoder shapes)")
@@ -226,7 +227,7 @@ def render(args: argparse.Namespace, work: Path) -> tuple[object, Timings, float
         print(f"seeded random tokens for {seed_tokens(save_dir, jsonl, args.duration)} songs")
     else:
         shutil.rmtree(save_dir / "tokens", ignore_errors=True)
-    settings = GenerationSettings(ckpt_dir=ckpt, runtime=runtime, batch_size=args.batch_size,
+    settings = GenerationSettings(ckpt_dir=ckpt, runtime=runtime, batch_size=args.batch_size, kv_cache=args.kv_cache,
                                   decoder_batch=args.decoder_batch, max_duration=args.duration, device=args.device)
     stages = TimedStages(DefaultStages(settings))
     opts = RunOptions(jsonl, save_dir, tokens_only=args.lm_only, decode_only=args.decoder_only)
@@ -309,7 +310,8 @@ def report(args: argparse.Namespace, summary, t: Timings, wall: float) -> str:
     scope = " (LM only)" if args.lm_only else " (decoder only)" if args.decoder_only else ""
     lm = f"{'tiny' if args.tiny else args.size}, {f'{args.quantize}-bit' if args.quantize else 'bf16'} weights"
     rows = [("album", f"{args.songs} songs x {args.duration:g} s (all run to max duration: worst case)", "")]
-    rows += [] if args.decoder_only else [("LM", f"{lm}, batch {args.batch_size}", ""), *lm_rows(args, t)]
+    rows += [] if args.decoder_only else [("LM", f"{lm}, {args.kv_cache} KV cache, batch {args.batch_size}", ""),
+                                          *lm_rows(args, t)]
     rows += [] if args.lm_only else decoder_rows(args, summary, t)
     album, per_hour = album_estimate(args, t, wall)
     rows += [

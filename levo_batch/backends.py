@@ -14,6 +14,8 @@ from .runtime import RuntimePaths
 
 UPSTREAM_LOW_MEM_SAMPLING = {"temperature": 0.9, "top_k": 50}
 """Upstream's low-memory path samples differently from its default (SamplingParams' defaults)."""
+KV_CACHE_BITS = {"bf16": None, "int8": 8}
+"""`--kv-cache` choices: the model's own precision, or 8-bit caches (see `levo_batch.lm.cache`)."""
 
 
 @dataclass
@@ -22,7 +24,8 @@ class GenerationSettings:
     runtime: RuntimePaths
     gen_type: str = "mixed"
     low_mem: bool = False
-    batch_size: int = 8
+    batch_size: int | None = None
+    kv_cache: str = "bf16"
     decoder_batch: int = 4
     max_duration: float | None = None
     temperature: float | None = None
@@ -73,7 +76,7 @@ class DefaultStages:
         tokenizers = TextTokenizers.from_dir(self.tokenizer_dir())
         self._generator = MLXTokenGenerator(
             loaded.model, loaded.config, tokenizers, model_id=f"{loaded.model_id}:{loaded.dtype}",
-            sampling=s.sampling(), batch_size=s.batch_size,
+            sampling=s.sampling(), batch_size=s.batch_size, kv_bits=KV_CACHE_BITS[s.kv_cache],
             max_duration=s.max_duration, checkpoint_every=s.checkpoint_every)
         return self._generator
 

@@ -35,6 +35,19 @@ def gen_type_of(args: argparse.Namespace) -> str:
     return gen_type
 
 
+def batch_size_arg(text: str) -> int | None:
+    """`--batch-size`: a positive count, or `auto` (None: sized from free device memory)."""
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of songs or 'auto', got {text!r}")
+    return value
+
+
 def add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate", help="render every song of a jsonl (what generate.sh runs)",
@@ -54,7 +67,13 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0,
                    help="run seed (default 0); each song's seed is derived from it and its idx, so a song "
                         "renders the same whatever else is in the file")
-    g.add_argument("--batch-size", type=int, default=8, help="songs generated at once by the LM (default 8)")
+    g.add_argument("--batch-size", type=batch_size_arg, default=None, metavar="N|auto",
+                   help="songs generated at once by the LM (default auto: as many as free device memory holds "
+                        "for the KV caches, at most 64; 8 on the CPU)")
+    g.add_argument("--kv-cache", choices=("bf16", "int8"), default="bf16",
+                   help="LM attention cache precision (default bf16, faithful to upstream); int8 halves its "
+                        "memory and the bytes read per step (about twice the songs per batch, faster at large "
+                        "batches) at a small logit error")
     g.add_argument("--decoder-batch", type=int, default=4,
                    help="decoder windows processed at once (default 4; 1 with --low_mem)")
     g.add_argument("--max-duration", type=float, default=None,
@@ -135,7 +154,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                       save_dir_text=args.save_dir, shard=shard)
     settings = GenerationSettings(
         ckpt_dir=args.ckpt_dir, runtime=RuntimePaths.resolve(args.runtime_dir), gen_type=gen_type,
-        low_mem=args.low_mem, batch_size=args.batch_size, decoder_batch=args.decoder_batch,
+        low_mem=args.low_mem, batch_size=args.batch_size, kv_cache=args.kv_cache, decoder_batch=args.decoder_batch,
         max_duration=args.max_duration, temperature=args.temperature, top_k=args.top_k,
         cfg_coef=args.cfg_coef, greedy=args.greedy, checkpoint_every=args.checkpoint_every,
         device=args.device, lm_dtype=args.lm_dtype,

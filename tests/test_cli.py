@@ -45,14 +45,27 @@ def test_upstream_memory_and_attention_flags_are_accepted():
     assert args.low_mem and args.not_use_flash_attn
 
 
+def test_batch_size_is_a_count_or_auto_and_kv_cache_a_precision(capsys):
+    parse = build_parser().parse_args
+    args = parse(["generate", "ck", "in.jsonl", "out"])
+    assert args.batch_size is None and args.kv_cache == "bf16"  # auto: sized from free device memory
+    args = parse(["generate", "ck", "in.jsonl", "out", "--batch-size", "32", "--kv-cache", "int8"])
+    assert args.batch_size == 32 and args.kv_cache == "int8"
+    assert parse(["generate", "ck", "in.jsonl", "out", "--batch-size", "auto"]).batch_size is None
+    for bad in ("0", "-3", "many"):
+        with pytest.raises(SystemExit):
+            parse(["generate", "ck", "in.jsonl", "out", "--batch-size", bad])
+        assert f"expected a positive number of songs or 'auto', got '{bad}'" in capsys.readouterr().err
+
+
 def test_help_documents_every_flag(capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--help"])
     text = capsys.readouterr().out
     for flag in ("--bgm", "--vocal", "--separate", "--low_mem", "--not_use_flash_attn", "--seed", "--batch-size",
                  "--max-duration", "--tokens-only", "--decode-only", "--overwrite", "--dry-run", "--strict",
-                 "--runtime-dir", "--lm-dtype", "--decoder-compile", "--checkpoint-every", "--temperature", "--top-k", "--greedy", "--device",
-                 "--shard", "--shards", "--gpus"):
+                 "--runtime-dir", "--lm-dtype", "--decoder-compile", "--kv-cache", "--checkpoint-every", "--temperature",
+                 "--top-k", "--greedy", "--device", "--shard", "--shards", "--gpus"):
         assert flag in text
     assert "no-op" in text  # says what --not_use_flash_attn does
     for command in ("convert", "download", "merge"):

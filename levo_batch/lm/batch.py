@@ -20,7 +20,8 @@ from functools import partial
 import mlx.core as mx
 import numpy as np
 
-from levo_batch.lm.cache import StepContext, make_caches
+from levo_batch.lm import decode_attention
+from levo_batch.lm.cache import StepContext, kv_group_size, make_caches
 from levo_batch.lm.config import LMConfig
 from levo_batch.lm.model import LeVoLM
 from levo_batch.lm.pattern import num_columns
@@ -28,11 +29,43 @@ from levo_batch.lm.sampling import SamplingParams, choose, process_logits, seed_
 
 ATTENTION_BUCKET = 256
 """Attended cache length (and the capacity) is a multiple of this, so step shapes repeat instead of growing
-every step, and matmul kernels that want aligned sizes apply (e.g. MLX CUDA's quantised ones)."""
+every step, and matmul kernels that want aligned sizes apply (e.g. MLX CUDA's quantised ones). With the CUDA
+decode kernel every step spans the whole capacity instead (splits past a row's length exit at once), so the
+step compiles once per run rather than once per bucket (~20 times in a 150-s song)."""
 
 SLACK_COLUMNS = 2
 """A slot may run up to two columns past its last one: one step is scheduled before the host has read that
 the song ended, and the host then freezes the slot; buffers are sized for it so nothing is clamped."""
+
+MAX_AUTO_SLOTS = 64
+CPU_SLOTS = 8
+"""`auto_slots` bounds: the CPU backend gains nothing from huge batches (it is for tests and small runs)."""
+
+
+def cache_capacity(cfg: LMConfig, timesteps: int) -> int:
+    """Cache columns of a slot: the prefix and every pattern column of the longest song, bucket-aligned."""
+    return _round_up(cfg.prefix_len + num_columns(timesteps, cfg.delays) + SLACK_COLUMNS, ATTENTION_BUCKET)
+
+
+def slot_cache_bytes(cfg: LMConfig, timesteps: int, kv_bits: int | None, dtype: mx.Dtype) -> int:
+    """Device bytes of one slot's caches (two rows, keys and values, both stacks)."""
+    per_value = dtype.size if kv_bits is None else kv_bits / 8 + 2 * dtype.size / kv_group_size(cfg.head_dim, kv_bits)
+    columns = cache_capacity(cfg, timesteps) * (cfg.num_layers + cfg.num_layers_sub)
+    return int(2 * 2 * columns * cfg.dim * per_value)
+
+
+def auto_slots(cfg: LMConfig, timesteps: int, kv_bits: int | None, dtype: mx.Dtype) -> int:
+    """As many slots as the device's free memory holds caches for (after the loaded weights and a headroom of
+    5 %, at least 4 GiB, for activations and prefills), between 1 and `MAX_AUTO_SLOTS`; `CPU_SLOTS` on the
+    CPU. On an H200 (141 GB) with v2-large bf16 and 150-s songs: 31 slots, 59 with 8-bit caches."""
+    if mx.default_device() != mx.gpu:
+        return CPU_SLOTS
+    info = mx.device_info()
+    total = info.get("total_memory") or info.get("max_recommended_working_set_size") or info.get("memory_size")
+    if not total:
+        return CPU_SLOTS
+    free = total - mx.get_active_memory() - max(4 * 2**30, 0.05 * total)
+    return max(1, min(MAX_AUTO_SLOTS, int(free // slot_cache_bytes(cfg, timesteps, kv_bits, dtype))))
 
 
 @dataclass
@@ -92,7 +125,7 @@ def _step(seq, col, ended, counts, banned, seeds, active, *kv, model, cfg, param
     caches = _rebuild(layout, kv)
     where = mx.broadcast_to(col[:, None, None], (slots, cfg.code_depth, 1))
     fed = mx.take_along_axis(seq, where, axis=2)[:, :, 0]
-    ctx = StepContext.build(mx.repeat(col + cfg.prefix_len, 2), length)
+    ctx = StepContext.build(mx.repeat(col + cfg.prefix_len, 2), length, mx.repeat(active, 2))
     logits = model.step(mx.repeat(fed, 2, axis=0), caches[: cfg.num_layers], caches[cfg.num_layers :], ctx)
     state = _advance(logits, seq, col, ended, counts, banned, seeds, active, cfg=cfg, params=params,
                      timesteps=timesteps)
@@ -107,7 +140,7 @@ class SongSlots:
         self.model, self.cfg, self.params = model, cfg, params.with_cfg_coef(cfg.cfg_coef)
         self.slots, self.timesteps, self.keep_logits = slots, timesteps, keep_logits
         self.width = num_columns(timesteps, cfg.delays) + SLACK_COLUMNS
-        self.capacity = _round_up(cfg.prefix_len + self.width, ATTENTION_BUCKET)
+        self.capacity = cache_capacity(cfg, timesteps)
         dtype = model.transformer.model.norm.weight.dtype
         shape = (2 * slots, cfg.num_heads, self.capacity, cfg.head_dim)
         self.caches1 = make_caches(cfg.num_layers, *shape, dtype, kv_bits)
@@ -125,6 +158,7 @@ class SongSlots:
         self.host_col = [0] * slots
         self._next_owner = 0
         self._compiled: dict[int, object] = {}
+        self._whole_cache = decode_attention.applies(cfg.head_dim, dtype)
 
     def _state(self) -> list[mx.array]:
         caches = self.caches1 + self.caches2
@@ -189,7 +223,8 @@ class SongSlots:
         return np.stack([np.bincount(r, minlength=size) for r in columns[:, first : last + 1]]).astype(np.int32)
 
     def release(self, slot: int) -> None:
-        """Free a slot; its rows keep computing (masked garbage) until reused, which keeps shapes fixed."""
+        """Free a slot; its rows keep their place in the step's matmuls until reused (shapes stay fixed) but
+        attend a single cache slot, so an idle slot costs no attention bandwidth."""
         self.active[slot] = False
         self.owners[slot] = None
 
@@ -197,7 +232,7 @@ class SongSlots:
         """Schedule one pattern column for every slot (lazy: nothing is evaluated here)."""
         cfg = self.cfg
         top = max(self.host_col[i] for i in range(self.slots) if self.owners[i] is not None)
-        length = _round_up(cfg.prefix_len + top + 1, ATTENTION_BUCKET)
+        length = self.capacity if self._whole_cache else _round_up(cfg.prefix_len + top + 1, ATTENTION_BUCKET)
         if length not in self._compiled:
             self._compiled[length] = mx.compile(partial(
                 _step, model=self.model, cfg=cfg, params=self.params, timesteps=self.timesteps, length=length,

@@ -5,15 +5,13 @@ writes its keys at its own position instead of a shared offset. The buffers are 
 longest song and written in place (`put_along_axis` on an array nobody else holds lets MLX reuse the
 buffer), so a step never concatenates or copies the cache.
 
-Every row attends the same cache prefix (`StepContext.length`, the furthest row's position rounded up)
-with its later slots masked: MLX has no per-row-length attention. Songs that start together stay aligned,
-so this only costs when a batch mixes songs at very different steps. On CUDA (MLX 0.32) neither the fused
-decode kernel nor cuDNN accepts an array mask, so this attention runs unfused (two matmuls and a softmax):
-the same memory traffic, a few more launches per layer. We write those ops ourselves there, to fold the
-score scale into the masking kernel (MLX's fallback scales q in a kernel of its own). q·Kᵀ then runs as MLX's
-batched GEMV but probs·V as a cuBLAS GEMM with one row; leaving the mask out would not be exact even when all
-rows are aligned (the bucket's slots past the position would still get softmax weight), so the remaining step
-is a decode kernel that takes per-row lengths.
+Each row attends only its own prefix `[0, reads[r]]` (`StepContext.reads`: its position, or 0 for an idle
+slot, which so costs next to nothing). On MLX CUDA a split-K kernel does this in one pass over each row's
+keys and values (`levo_batch.lm.decode_attention`), for bf16 and 8-bit caches alike. Elsewhere every row
+attends the same cache prefix (`StepContext.length`, the furthest row's position rounded up) with its later
+slots masked: on Metal MLX's fused decode kernel takes the mask, on the CPU (and for float32 models on CUDA)
+the attention is written out as two matmuls around a masked softmax with the score scale folded into the
+masking kernel.
 
 At large batches decoding is bound by reading keys and values (LeVo 2 has no grouped KV heads: about
 1.2 GB per row per step mid-song for v2-large in bf16), so `QuantizedKVCache` stores them in 8 bits with
@@ -24,28 +22,36 @@ and moves the logits far too much).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Callable
 
 import mlx.core as mx
+
+from levo_batch.lm import decode_attention
 
 
 @dataclass
 class StepContext:
     """What every attention layer of one decoding step shares.
 
-    `positions` [R] is each row's position of the fed token (its RoPE offset and cache slot); `length` is how
-    much of the cache is attended (a bucket >= max position + 1, so the shapes repeat across steps), and
-    `mask` [R, 1, 1, length] hides each row's slots after its own position (stale keys of an earlier song).
+    `positions` [R] is each row's position of the fed token (its RoPE offset and cache slot); `reads` [R] the
+    last cache slot each row attends (its position, 0 for an idle row); `length` bounds how much of the cache
+    any row attends (a bucket >= max position + 1, so the shapes repeat across steps).
     """
 
     positions: mx.array
-    mask: mx.array
+    reads: mx.array
     length: int
 
     @classmethod
-    def build(cls, positions: mx.array, length: int) -> "StepContext":
-        mask = mx.arange(length)[None, None, None, :] <= positions[:, None, None, None]
-        return cls(positions=positions, mask=mask, length=length)
+    def build(cls, positions: mx.array, length: int, active: mx.array | None = None) -> "StepContext":
+        reads = positions if active is None else mx.where(active, positions, 0)
+        return cls(positions=positions, reads=reads, length=length)
+
+    @cached_property
+    def mask(self) -> mx.array:
+        """[R, 1, 1, length]: hides each row's slots after `reads` (stale keys of an earlier song)."""
+        return mx.arange(self.length)[None, None, None, :] <= self.reads[:, None, None, None]
 
 
 def masked_fused_decode() -> bool:
@@ -86,6 +92,8 @@ class KVCache:
     def attend(self, q: mx.array, k: mx.array, v: mx.array, ctx: StepContext, scale: float) -> mx.array:
         """Store one token per row at its own position, then attend over the cache prefix."""
         self.keys, self.values = _write(self.keys, k, ctx), _write(self.values, v, ctx)
+        if decode_attention.applies(q.shape[-1], self.keys.dtype):
+            return decode_attention.cuda_decode_attention(q, self.state, ctx.reads, ctx.length, scale)
         keys, values = self.keys[:, :, : ctx.length], self.values[:, :, : ctx.length]
         if masked_fused_decode():
             return mx.fast.scaled_dot_product_attention(q, keys, values, scale=scale, mask=ctx.mask)
@@ -129,6 +137,9 @@ class QuantizedKVCache:
     def attend(self, q: mx.array, k: mx.array, v: mx.array, ctx: StepContext, scale: float) -> mx.array:
         self.keys = [_write(b, x, ctx) for b, x in zip(self.keys, self._quantize(k))]
         self.values = [_write(b, x, ctx) for b, x in zip(self.values, self._quantize(v))]
+        if decode_attention.applies(q.shape[-1], q.dtype):
+            return decode_attention.cuda_decode_attention(q, self.state, ctx.reads, ctx.length, scale,
+                                                          group_size=self.group_size)
         quant = dict(group_size=self.group_size, bits=self.bits)
         keys = [a[:, :, : ctx.length] for a in self.keys]
         values = [a[:, :, : ctx.length] for a in self.values]

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from levo_batch.lm.batch import SongSlots, StepOutput
+from levo_batch.lm.batch import SongSlots, StepOutput, auto_slots
 from levo_batch.lm.cache import kv_group_size
 from levo_batch.lm.conditioners import CondInputs, banned_prompt_ids, condition_inputs
 from levo_batch.lm.config import LMConfig
@@ -45,12 +45,13 @@ class MLXTokenGenerator:
     """`TokenGenerator` running `LeVoLM` with classifier-free guidance on batches of songs."""
 
     def __init__(self, model: LeVoLM, cfg: LMConfig, tokenizers: TextTokenizers, *, model_id: str,
-                 sampling: SamplingParams, batch_size: int = 8, max_duration: float | None = None,
+                 sampling: SamplingParams, batch_size: int | None = None, max_duration: float | None = None,
                  checkpoint_every: int = 250, kv_bits: int | None = None):
         """Fuses `model`'s projections in place (`LeVoLM.fuse_projections`), so hand it a model loaded for
         generation only. `kv_bits` 8 stores the attention caches quantised (see `levo_batch.lm.cache`): faster
-        and smaller at large batches, not bit-faithful to upstream; None keeps them in the model's dtype."""
-        if batch_size < 1:
+        and smaller at large batches, not bit-faithful to upstream; None keeps them in the model's dtype.
+        `batch_size` None sizes the batch from free device memory (`levo_batch.lm.batch.auto_slots`)."""
+        if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         duration = cfg.max_dur if max_duration is None else max_duration
         self.timesteps = int(duration * cfg.frame_rate)
@@ -72,6 +73,13 @@ class MLXTokenGenerator:
             "sampling": self.sampling.fingerprint(),
         }
 
+    def slots(self) -> int:
+        """Songs decoded together: `batch_size`, or as many as free device memory holds."""
+        if self.batch_size is not None:
+            return self.batch_size
+        dtype = self.model.transformer.model.norm.weight.dtype
+        return auto_slots(self.cfg, self.timesteps, self.kv_bits, dtype)
+
     def max_steps(self) -> int:
         return num_columns(self.timesteps, self.cfg.delays) - 1
 
@@ -85,7 +93,7 @@ class MLXTokenGenerator:
                 queue.append(p)
         if not queue:
             return
-        slots = SongSlots(self.model, self.cfg, self.sampling, min(self.batch_size, len(queue)), self.timesteps,
+        slots = SongSlots(self.model, self.cfg, self.sampling, min(self.slots(), len(queue)), self.timesteps,
                           kv_bits=self.kv_bits)
         running: dict[int, SongRequest] = {}
         self._fill(slots, queue, running)
