@@ -109,14 +109,15 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 def add_shard_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("many GPUs / clusters (one SAVE_DIR shared by every shard)")
     g.add_argument("--shard", metavar="K/N", default=None,
-                   help="render only the songs at positions ≡ K mod N of the jsonl (0 <= K < N); default: "
+                   help="render only the songs whose position in the jsonl modulo N is K (0 <= K < N); default: "
                         "from a Slurm array task (SLURM_ARRAY_TASK_ID/_MIN/_COUNT) or a Kubernetes Indexed Job "
                         "(JOB_COMPLETION_INDEX with --shards), else every song")
     g.add_argument("--shards", type=int, metavar="N", default=None,
                    help="shard count for a Kubernetes Indexed Job: the Job's completions")
     g.add_argument("--gpus", metavar="all|0,1,...", default=None,
                    help="start one worker per GPU on this host (each sees only its GPU through "
-                        "CUDA_VISIBLE_DEVICES), each rendering one shard; one combined progress view")
+                        "CUDA_VISIBLE_DEVICES), each rendering one shard; one combined progress view, Ctrl-C "
+                        "forwarded to every worker, exit code of the worst worker")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
