@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -118,7 +119,22 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                         "checkpoints keep their bits)")
     g.add_argument("--device", default=None, help="torch device for decoder and prompt encoders "
                    "(default: cuda, else mps, else cpu)")
+    add_shard_options(p)
     p.set_defaults(func=cmd_generate)
+
+
+def add_shard_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("many GPUs / clusters (one SAVE_DIR shared by every shard)")
+    g.add_argument("--shard", metavar="K/N", default=None,
+                   help="render only the songs whose position in the jsonl modulo N is K (0 <= K < N); default: "
+                        "from a Slurm array task (SLURM_ARRAY_TASK_ID/_MIN/_COUNT) or a Kubernetes Indexed Job "
+                        "(JOB_COMPLETION_INDEX with --shards), else every song")
+    g.add_argument("--shards", type=int, metavar="N", default=None,
+                   help="shard count for a Kubernetes Indexed Job: the Job's completions")
+    g.add_argument("--gpus", metavar="all|0,1,...", default=None,
+                   help="start one worker per GPU on this host (each sees only its GPU through "
+                        "CUDA_VISIBLE_DEVICES), each rendering one shard; one combined progress view, Ctrl-C "
+                        "forwarded to every worker, exit code of the worst worker")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -130,16 +146,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .preflight import PreflightError
     from .progress import log, setup_logging
     from .runtime import RuntimePaths
+    from .shards import resolve_shard
 
     setup_logging()
+    try:
+        shard = resolve_shard(args.shard, args.shards)
+    except LevoError as exc:
+        log(f"error: {exc}")
+        return EXIT_USAGE
+    if args.gpus is not None:
+        from .launch import launch
+
+        return launch(args, shard)
+    banner = []
+    if not shard.whole:
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        banner.append(shard.describe() + (f", CUDA_VISIBLE_DEVICES={devices}" if devices is not None else ""))
     memory = memory_mode(args.low_mem, args.ckpt_dir)
+    banner.append(memory.announce())
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
         return EXIT_USAGE
     gen_type = gen_type_of(args)
     opts = RunOptions(args.input_jsonl, Path(args.save_dir), gen_type, args.seed, args.tokens_only,
                       args.decode_only, args.overwrite, args.dry_run, args.strict,
-                      save_dir_text=args.save_dir, banner=(memory.announce(),))
+                      save_dir_text=args.save_dir, shard=shard, banner=tuple(banner))
     settings = GenerationSettings(
         ckpt_dir=args.ckpt_dir, runtime=RuntimePaths.resolve(args.runtime_dir), gen_type=gen_type,
         low_mem=memory.low_mem, batch_size=args.batch_size, kv_cache=args.kv_cache,
@@ -172,6 +203,42 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.dry_run:
         log(summary.report())
     return summary.exit_code
+
+
+def add_merge(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge", help="assemble the output jsonl of shards that share a SAVE_DIR",
+                       description="Write SAVE_DIR/jsonl/{input name}.jsonl (every finished song, input order) "
+                                   "from the files on disk and each song's provenance record. The last shard to "
+                                   "finish does this by itself; run it by hand after a shard was lost or killed.")
+    p.add_argument("save_dir", help="the SAVE_DIR every shard wrote to (as typed: it makes wav_path)")
+    p.add_argument("input_jsonl", type=Path, help="the jsonl the shards rendered")
+    for flag in ("separate", "bgm", "vocal"):
+        p.add_argument(f"--{flag}", action="store_true", help=f"the shards ran with --{flag}")
+    p.set_defaults(func=cmd_merge)
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from .jobs import JobsError, load_jobs
+    from .pipeline import stems_for
+    from .outputs import output_jsonl_path
+    from .progress import log, setup_logging
+    from .results import assemble
+    from .shards import live_shards
+
+    setup_logging()
+    try:
+        jobs, _ = load_jobs(args.input_jsonl)
+    except JobsError as exc:
+        log(str(exc))
+        return EXIT_USAGE
+    save_dir = Path(args.save_dir)
+    running = [shard.label for shard, _ in live_shards(save_dir)]
+    if running:
+        log(f"warning: shards still running ({', '.join(running)}): the jsonl lists only the songs finished so far")
+    found = assemble(jobs, save_dir, args.input_jsonl, args.save_dir, stems_for(gen_type_of(args)))
+    log(f"{found} of {len(jobs)} songs finished; wrote {output_jsonl_path(save_dir, args.input_jsonl)}"
+        if found else f"0 of {len(jobs)} songs finished; nothing written")
+    return 0
 
 
 def add_convert(sub: argparse._SubParsersAction) -> None:
@@ -269,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Generation types: " + ", ".join(GEN_TYPES) + ".")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_generate(sub)
+    add_merge(sub)
     add_convert(sub)
     add_download(sub)
     add_doctor(sub)
@@ -276,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # --gpus hands the same command line to its workers
     return args.func(args)
 
 

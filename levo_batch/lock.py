@@ -85,9 +85,10 @@ def _provably_dead(holder: dict | None) -> bool:
 class RunLock:
     """Context manager holding `SAVE_DIR/.levo_batch.lock`; raises `LockHeldError` if another run has it."""
 
-    def __init__(self, save_dir: str | Path):
+    def __init__(self, save_dir: str | Path, name: str = LOCK_NAME, what: str | None = None):
         self.save_dir = Path(save_dir)
-        self.path = self.save_dir / LOCK_NAME
+        self.path = self.save_dir / name
+        self.what = what or f"SAVE_DIR {self.save_dir}"
         self._fd: int | None = None
 
     def __enter__(self) -> "RunLock":
@@ -170,7 +171,31 @@ class RunLock:
             if holder["pid"] == os.getpid() and holder.get("host") == socket.gethostname():
                 who += ": this very process"
         return (
-            f"SAVE_DIR {self.save_dir} is in use by another levo_batch run ({who}). Wait for it to finish or "
+            f"{self.what} is in use by another levo_batch run ({who}). Wait for it to finish or "
             f"use another SAVE_DIR. If you are sure that run is gone (e.g. it ran on another host), delete "
             f"{self.path} and retry."
         )
+
+
+def live_holder(path: Path) -> tuple[bool, dict | None]:
+    """Whether the run named in lock file `path` is alive (it holds the flock), and its payload."""
+    writable = True
+    try:
+        fd = os.open(path, os.O_RDWR)  # an exclusive lock on NFS needs a writable descriptor
+    except FileNotFoundError:
+        return False, None
+    except PermissionError:  # another user's run: judge it by its payload alone
+        writable = False
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False, None
+    try:
+        holder = _read_holder(fd)
+        if fcntl is None or not writable:
+            return holder is not None and not _provably_dead(holder), holder
+        if _try_flock(fd):
+            return False, holder
+        return True, holder
+    finally:
+        os.close(fd)

@@ -18,10 +18,11 @@ from . import provenance
 from .errors import StorageError
 from .interrupt import StopRequested, interruptible, stop_at_once
 from .jobs import Job, load_jobs
-from .lock import RunLock
-from .outputs import audio_paths, is_done, output_item, output_jsonl_path, write_flac, write_output_jsonl
+from .outputs import audio_paths, is_done, output_jsonl_path, write_flac
 from .preflight import Needs, decode_only_problems, raise_if, save_dir_problems
 from .progress import LMProgress, SongProgress, log, timed
+from .results import assemble, assemble_if_last
+from .shards import WHOLE, Shard, shard_lock
 from .stages import (
     AudioDecoder,
     DecodeRequest,
@@ -76,8 +77,10 @@ class RunOptions:
     strict: bool = False
     save_dir_text: str | None = None
     """SAVE_DIR as typed: upstream writes `wav_path` from it verbatim."""
+    shard: Shard = WHOLE
+    """The songs of this process (`--shard K/N` or the scheduler's environment); others are left alone."""
     banner: tuple[str, ...] = ()
-    """Lines that describe how this run renders (e.g. the memory mode), logged first once every check passed."""
+    """Lines that describe how this run renders (shard, memory mode), logged first once every check passed."""
 
 
 @dataclass
@@ -117,9 +120,8 @@ def lm_mode(gen_type: str) -> str:
 def run(opts: RunOptions, stages: Stages) -> Summary:
     """Render every job of `opts.input_path`; raises before touching SAVE_DIR if anything cannot work."""
     started = time.monotonic()
-    jobs, warnings = load_jobs(opts.input_path, strict=opts.strict, gen_type=opts.gen_type)
-    for problem in warnings:
-        log(f"warning: {problem}")
+    all_jobs, warnings = load_jobs(opts.input_path, strict=opts.strict, gen_type=opts.gen_type)
+    jobs = opts.shard.select(all_jobs)
     summary = Summary()
     stems = stems_for(opts.gen_type)
     raise_if(save_dir_problems(opts.save_dir) + stages.check(not opts.decode_only))
@@ -132,6 +134,10 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
              + (decode_only_problems(todo, opts.save_dir / "tokens") if opts.decode_only else []))
     for line in opts.banner:
         log(line)
+    if not opts.shard.whole:
+        log(f"shard {opts.shard.label}: {len(jobs)} of {len(all_jobs)} songs")
+    for problem in warnings:
+        log(f"warning: {problem}")
     if opts.dry_run:
         print_plan(jobs, opts, stems, redo)
         return summary
@@ -142,7 +148,7 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
     for idx, why in redo.items():
         log(f"re-rendering {idx}: {why}")
     opts.save_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(opts.save_dir), interruptible():
+    with shard_lock(opts.save_dir, opts.shard), interruptible():
         store = TokenStore(opts.save_dir, strict=opts.strict)
         for folder in ("audios", "jsonl", provenance.FOLDER):
             sweep_temp_files(opts.save_dir / folder)
@@ -157,7 +163,9 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
         if todo and not opts.tokens_only:
             decoder_phase(todo, prompts, opts, stages, store, summary, stems, recipes)
         if not opts.tokens_only:
-            write_results(jobs, opts)
+            write_results(all_jobs, opts, stems)
+    if not opts.tokens_only and not opts.shard.whole:
+        assemble_if_last(all_jobs, opts.save_dir, opts.input_path, save_dir_text(opts), stems)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -361,18 +369,12 @@ class AudioWriter:
             StopRequested.check()
 
 
-def write_results(jobs: Sequence[Job], opts: RunOptions) -> None:
-    """Upstream's result jsonl, in input order: every song whose audio is on disk, described by the provenance
-    record of that audio (input item, `wav_path`, prompt facts), not by the jsonl of this run."""
-    items = []
-    for job in jobs:
-        if not is_done(opts.save_dir, job.idx, stems_for(opts.gen_type)):
-            continue
-        try:
-            record = provenance.read(opts.save_dir, job.idx)
-        except ValueError:
-            continue
-        if record is not None:
-            items.append(output_item(record.item, opts.save_dir_text or str(opts.save_dir), record.facts))
-    if items:
-        write_output_jsonl(output_jsonl_path(opts.save_dir, opts.input_path), items)
+def save_dir_text(opts: RunOptions) -> str:
+    return opts.save_dir_text or str(opts.save_dir)
+
+
+def write_results(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...]) -> None:
+    """Upstream's result jsonl, in input order, describing the audio on disk (`levo_batch.results`). An
+    unsharded run writes it now; a shard leaves it to the last shard to finish (after releasing its lock)."""
+    if opts.shard.whole:
+        assemble(jobs, opts.save_dir, opts.input_path, save_dir_text(opts), stems)

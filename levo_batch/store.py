@@ -29,6 +29,8 @@ import logging
 import os
 import re
 import secrets
+import socket
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,11 @@ from levo_batch.lock import pid_alive
 
 log = logging.getLogger(__name__)
 
-_TEMP_RE = re.compile(r"^\..+\.(\d+)\.[0-9a-f]+\.tmp$")
+_TEMP_RE = re.compile(r"^\..+\.(\d+)\.([0-9a-f]+)\.tmp$")
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+"""Temp names carry the writer's host: shards on other machines share SAVE_DIR, and their PIDs mean nothing here."""
+_FOREIGN_TEMP_AGE_S = 3600.0
+"""A temp file of another host untouched this long belongs to a writer that died (a write takes seconds)."""
 _FP_KEY = "__fingerprint__"
 
 
@@ -50,8 +56,8 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Write `path` through `write(f)` so readers (and crashes) only ever see the old or the new file.
 
     The temp file sits in the same directory (a rename is only atomic within one file system) and carries
-    the writer's PID, so `sweep_temp_files` can tell an abandoned one from one being written. A full disk,
-    a read-only file system or a permission problem raises `StorageError` (the run cannot go on).
+    the writer's host and PID, so `sweep_temp_files` can tell an abandoned one from one being written. A full
+    disk, a read-only file system or a permission problem raises `StorageError` (the run cannot go on).
     """
     path = Path(path)
     try:
@@ -75,7 +81,7 @@ def storage_message(path: Path, e: OSError) -> str:
 
 def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{_HOST_TAG}{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -116,13 +122,27 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def sweep_temp_files(directory: Path) -> int:
-    """Delete temp files left by writers that died mid-write; returns how many. Live writers' files stay."""
+    """Delete temp files left by writers that died mid-write; returns how many. Live writers' files stay.
+
+    A writer on this host is judged by its PID; one on another host (a shard sharing SAVE_DIR over a network
+    file system) only by the age of its file, so a shard never deletes another machine's write in flight.
+    """
     removed = 0
     if not Path(directory).is_dir():
         return removed
     for entry in Path(directory).iterdir():
         m = _TEMP_RE.match(entry.name)
-        if m and not pid_alive(int(m.group(1))):
+        if m is None:
+            continue
+        tail = m.group(2)
+        if len(tail) == 16 and not tail.startswith(_HOST_TAG):
+            try:
+                abandoned = time.time() - entry.stat().st_mtime > _FOREIGN_TEMP_AGE_S
+            except FileNotFoundError:
+                continue
+        else:
+            abandoned = not pid_alive(int(m.group(1)))
+        if abandoned:
             entry.unlink(missing_ok=True)
             removed += 1
     return removed

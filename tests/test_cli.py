@@ -66,10 +66,11 @@ def test_help_documents_every_flag(capsys):
     for flag in ("--bgm", "--vocal", "--separate", "--low_mem", "--not_use_flash_attn", "--seed", "--batch-size",
                  "--max-duration", "--tokens-only", "--decode-only", "--overwrite", "--dry-run", "--strict",
                  "--runtime-dir", "--lm-dtype", "--decoder-compile", "--kv-cache", "--checkpoint-every",
-                 "--temperature", "--top-k", "--greedy", "--device"):
+                 "--temperature", "--top-k", "--greedy", "--device", "--shard", "--shards", "--gpus",
+                 "--no-low-mem", "--lm-version"):
         assert flag in text
     assert "no-op" in text  # says what --not_use_flash_attn does
-    for command in ("convert", "download", "doctor"):
+    for command in ("convert", "download", "doctor", "merge"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "--" in capsys.readouterr().out

@@ -111,6 +111,26 @@ def test_sweep_keeps_temp_files_of_live_writers(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [f".y.npz.{os.getpid()}.0a1b.tmp", "keep.npz"]
 
 
+def test_sweep_judges_other_hosts_temp_files_by_age_never_by_a_local_pid(tmp_path):
+    """Shards on other machines share SAVE_DIR: their PIDs mean nothing here, so only old files go."""
+    import os
+    from levo_batch import store
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    atomic_write_bytes(tmp_path / "mine.npz", b"x")
+    other_host = "ffffffff" if not store._HOST_TAG.startswith("f") else "00000000"
+    in_flight = tmp_path / f".a.npz.{dead.pid}.{other_host}0a1b2c3d.tmp"
+    abandoned = tmp_path / f".b.npz.{dead.pid}.{other_host}0a1b2c3e.tmp"
+    local_dead = tmp_path / f".c.npz.{dead.pid}.{store._HOST_TAG}0a1b2c3f.tmp"
+    for path in (in_flight, abandoned, local_dead):
+        path.write_bytes(b"")
+    old = time.time() - store._FOREIGN_TEMP_AGE_S - 60
+    os.utime(abandoned, (old, old))
+    assert sweep_temp_files(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [in_flight.name, "mine.npz"]
+
+
 # --- fingerprints --------------------------------------------------------------------------------------
 
 
