@@ -1,4 +1,4 @@
-"""Command line: `levo-batch generate|convert|download` (generate.sh is a thin wrapper over `generate`)."""
+"""Command line: `levo-batch generate|convert|download|evaluate` (generate.sh is a thin wrapper over `generate`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from .evaluate.cli import add_evaluate
 from .stages import GEN_TYPES
 
 EXIT_FAILED_SONGS = 1
@@ -184,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate(sub)
     add_convert(sub)
     add_download(sub)
+    add_evaluate(sub)
     return parser
 
 
