@@ -10,6 +10,7 @@ which would count as CER errors though PER is unaffected).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -38,7 +39,8 @@ class WhisperTranscriber:
         except ImportError as exc:
             raise LevoError(f"ASR needs faster-whisper ({exc}); pip install 'levo-batch[eval]'") from exc
         self.name = model
-        log(f"loading ASR model {model} (faster-whisper; the first use downloads it into the Hugging Face cache)")
+        first_use = "" if Path(model).is_dir() else "; the first use downloads it into the Hugging Face cache"
+        log(f"loading ASR model {model} (faster-whisper{first_use})")
         try:
             self.model = WhisperModel(model, device=_ctranslate2_device(device))
         except Exception as exc:
