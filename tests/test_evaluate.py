@@ -102,6 +102,7 @@ def test_evaluate_writes_reports_with_scores_facts_and_intervals(render):
     assert page.count("<svg") == 2 * sum(1 for key in data["summary"] if data["summary"][key]["n"])
     assert "<td title='phoneme error rate (lower is better)'>PER</td><td>2</td>" in page
     assert "without audio: late" in page and "<title>zh1: 0</title>" in page
+    assert f"<td style='text-align:left'>{HEARD['zh']}</td></tr>" in page  # the per-song table
 
 
 def test_aesthetics_average_windows_weighted_by_their_real_audio():

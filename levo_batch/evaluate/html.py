@@ -29,6 +29,7 @@ def write_html(report: Report, path: Path) -> None:
             continue
         parts.append(f"<h2>{_e(label)}</h2><p>{_e(definition)}</p>")
         parts.append(_bars(values, summary[key]) + _histogram([v for _, v in values if v is not None]))
+    parts += ["<h2>Songs</h2>", _songs_table(report, summary)]
     atomic_write_bytes(path, "\n".join(parts).encode("utf-8"))
 
 
@@ -48,6 +49,17 @@ def _summary_table(summary: dict) -> str:
         rows.append(f"<tr><td title='{_e(definition)}'>{_e(label)}</td><td>{s['n']}</td><td>{_fmt(s['mean'])}"
                     f"</td><td>{ci}</td><td>{_fmt(s['std'])}</td><td>{_fmt(s.get('pooled'))}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _songs_table(report: Report, summary: dict) -> str:
+    keys = [key for key in METRICS if summary[key]["n"]]
+    head = "".join(f"<th>{_e(METRICS[key][0])}</th>" for key in keys)
+    rows = []
+    for song in report.songs:
+        cells = "".join(f"<td>{_fmt(song.get(key))}</td>" for key in keys)
+        rows.append(f"<tr><td>{_e(song['idx'])}</td>{cells}<td style='text-align:left'>"
+                    f"{_e(song.get('transcript', ''))}</td></tr>")
+    return f"<table><tr><th>idx</th>{head}<th>transcript</th></tr>{''.join(rows)}</table>"
 
 
 def _bars(values: list[tuple[str, float | None]], stats: dict) -> str:
