@@ -165,3 +165,12 @@ def test_mean_ci_uses_student_t():
     assert (ci.n, ci.mean, ci.std) == (3, 2.0, 1.0)
     assert ci.ci95_high - ci.mean == pytest.approx(4.302652729911275 / math.sqrt(3))
     assert mean_ci([4.0]).ci95_low is None and mean_ci([]).mean is None
+
+
+def test_missing_extra_is_named_with_the_install_command(render, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "pypinyin" else real(name))
+    with pytest.raises(LevoError, match=r"^evaluate needs pypinyin; install the extra: pip install 'levo-batch\[eval\]'$"):
+        evaluate(EvalOptions(render[0], asr_model=None, aesthetics=False))
