@@ -1,4 +1,4 @@
-"""Command line: `levo-batch generate|convert|download|doctor` (generate.sh is a thin wrapper over `generate`)."""
+"""Command line: `levo-batch generate|merge|convert|download|doctor|evaluate` (generate.sh wraps `generate`)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from .evaluate.cli import add_evaluate
 from .lm.config import LM_VERSIONS
 from .lowmem import LOW_MEM_THRESHOLDS_GIB
 from .stages import GEN_TYPES
@@ -340,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert(sub)
     add_download(sub)
     add_doctor(sub)
+    add_evaluate(sub)
     return parser
 
 

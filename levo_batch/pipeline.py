@@ -259,17 +259,21 @@ class StoreSink:
 
     def __init__(self, store: TokenStore, fps: dict[str, Fingerprint], metas: dict[str, dict], bars: LMProgress):
         self.store, self.fps, self.metas, self.bars = store, fps, metas, bars
+        self.started: dict[str, float] = {}
 
     def checkpoint(self, idx: str, state: dict[str, np.ndarray]) -> None:
         self.store.save_partial(idx, state, self.fps[idx])
         StopRequested.check()
 
     def finished(self, idx: str, tokens: np.ndarray) -> None:
-        self.store.save(idx, tokens, self.fps[idx], self.metas[idx])
+        """Records the song's LM wall time (first step to finish, this session) for `levo-batch evaluate`."""
+        lm_seconds = round(time.monotonic() - self.started.get(idx, time.monotonic()), 3)
+        self.store.save(idx, tokens, self.fps[idx], {**self.metas[idx], "lm_seconds": lm_seconds})
         self.bars.finished(idx, tokens.shape[-1])
         StopRequested.check()
 
     def progress(self, idx: str, step: int, total: int) -> None:
+        self.started.setdefault(idx, time.monotonic())
         self.bars.step(idx, step, total)
         StopRequested.check()
 
