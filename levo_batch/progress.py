@@ -135,16 +135,17 @@ class LMProgress:
 
 
 class SongProgress:
-    """The decoder phase: one unit per song written."""
+    """One unit per song finished (written by the decoder, scored by `evaluate`, ...)."""
 
-    def __init__(self, songs: int, label: str):
+    def __init__(self, songs: int, label: str, verb: str = "written"):
         self.phase = PhaseProgress(songs, label)
+        self.verb = verb
         self.done = 0
 
     def update(self, idx: str) -> None:
         self.done += 1
         if self.phase.bar is None:
-            log(f"{self.phase.label}: {idx} written, {self.done}/{self.phase.total} songs")
+            log(f"{self.phase.label}: {idx} {self.verb}, {self.done}/{self.phase.total} songs")
         self.phase.advance(self.done)
 
     def __enter__(self) -> "SongProgress":

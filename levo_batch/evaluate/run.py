@@ -11,7 +11,7 @@ import torch
 
 from ..audio import read_audio, resample
 from ..errors import LevoError
-from ..progress import song_bar
+from ..progress import SongProgress
 from ..text import lyric_language
 from .aesthetics import AestheticsScorer
 from .asr import ASR_SAMPLE_RATE, DEFAULT_ASR_MODEL, Transcriber, WhisperTranscriber
@@ -47,10 +47,10 @@ def evaluate(opts: EvalOptions, transcriber: Transcriber | None = None,
     if scorer is None and opts.aesthetics:
         scorer = AestheticsScorer.from_hub(opts.device)
     report = Report(str(opts.save_dir), str(results), _settings(opts, transcriber, scorer), missing=missing)
-    with song_bar(len(songs), "evaluating") as bar:
+    with SongProgress(len(songs), "evaluating", verb="scored") as progress:
         for song in songs:
             report.songs.append(score_song(song, transcriber, scorer))
-            bar.update(1)
+            progress.update(song.idx)
     out = opts.save_dir / "eval"
     write_json(report, out / "report.json")
     write_csv(report, out / "report.csv")
