@@ -20,6 +20,7 @@ import pytest
 
 import tiny_runtime
 from lm_checkpoints import write_official_checkpoint
+from test_cli import messages
 
 LYRICS = [
     "[intro-short] ; [verse] Paper boats.We fold the night ; [chorus] Hold on ; [outro-short]",
@@ -77,7 +78,7 @@ def reference(setup) -> dict[str, object]:
 
 
 def done_songs(stderr: str) -> int:
-    summary = next(line for line in stderr.splitlines() if line.startswith("done "))
+    summary = next(line for line in messages(stderr) if line.startswith("done "))
     return int(summary.split()[1].rstrip(","))
 
 
@@ -87,7 +88,7 @@ def test_three_shards_at_once_render_the_album_of_one_process(setup, reference, 
     errs = [p.communicate(timeout=600)[1] for p in procs]
     for k, (proc, err) in enumerate(zip(procs, errs)):
         assert proc.returncode == 0, err[-3000:]
-        assert err.splitlines()[0] == f"shard {k}/{SHARDS} (from --shard)"
+        assert messages(err)[0] == f"shard {k}/{SHARDS} (from --shard)"
         assert done_songs(err) == SONGS // SHARDS  # each song rendered once, by its own shard
     assert album(out) == reference
     leftovers = [p.name for p in out.rglob("*") if p.name.endswith((".tmp", ".partial.npz", ".lock"))]
