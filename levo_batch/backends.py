@@ -12,11 +12,11 @@ from pathlib import Path
 
 from .runtime import RuntimePaths
 
-NOT_LM_SETTINGS = {"ckpt_dir", "runtime", "gen_type", "batch_size", "checkpoint_every", "decoder_batch",
+NOT_LM_SETTINGS = {"ckpt_dir", "runtime", "batch_size", "checkpoint_every", "decoder_batch",
                    "decoder_compile", "device", "temperature", "top_k", "cfg_coef", "greedy", "max_duration",
                    "lm_dtype"}
 """Settings that never change a song's tokens, or enter the provenance recipe resolved (the checkpoint by content,
-sampling and duration with their defaults filled in, gen_type per song). Every other field of
+sampling and duration with their defaults filled in). Every other field of
 `GenerationSettings`, including any added later, is part of the recipe by default."""
 
 UPSTREAM_LOW_MEM_SAMPLING = {"temperature": 0.9, "top_k": 50}
@@ -29,7 +29,6 @@ KV_CACHE_BITS = {"bf16": None, "int8": 8}
 class GenerationSettings:
     ckpt_dir: Path
     runtime: RuntimePaths
-    gen_type: str = "mixed"
     low_mem: bool = False
     batch_size: int | None = None
     kv_cache: str = "bf16"

@@ -10,7 +10,7 @@ from pathlib import Path
 from .evaluate.cli import add_evaluate
 from .lm.config import LM_VERSIONS
 from .lowmem import LOW_MEM_THRESHOLDS_GIB
-from .stages import GEN_TYPES
+from .gen_types import FLAG_ORDER, GEN_TYPES
 
 EXIT_FAILED_SONGS = 1
 EXIT_USAGE = 2
@@ -31,9 +31,9 @@ upstream generate.sh flags (accepted anywhere after the three positionals):
 
 
 def gen_type_of(args: argparse.Namespace) -> str:
-    """Upstream's generate.sh checks the flags in this order, so the last match wins regardless of position."""
+    """As upstream's generate.sh: the last flag of `FLAG_ORDER` given wins, whatever its position."""
     gen_type = "mixed"
-    for flag in ("separate", "bgm", "vocal"):
+    for flag in FLAG_ORDER:
         if getattr(args, flag):
             gen_type = flag
     return gen_type
@@ -63,7 +63,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input_jsonl", type=Path, help="jobs: one JSON object per line (idx, gt_lyric, "
                    "descriptions, prompt_audio_path, auto_prompt_audio_type)")
     p.add_argument("save_dir", help="output folder: audios/, jsonl/, tokens/")
-    for flag in ("separate", "bgm", "vocal"):
+    for flag in FLAG_ORDER:
         p.add_argument(f"--{flag}", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--low_mem", dest="low_mem", action="store_const", const="on", default="auto",
                    help=argparse.SUPPRESS)
@@ -168,12 +168,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
         return EXIT_USAGE
-    gen_type = gen_type_of(args)
-    opts = RunOptions(args.input_jsonl, Path(args.save_dir), gen_type, args.seed, args.tokens_only,
-                      args.decode_only, args.overwrite, args.dry_run, args.strict,
+    opts = RunOptions(input_path=args.input_jsonl, save_dir=Path(args.save_dir), gen_type=gen_type_of(args),
+                      seed=args.seed, tokens_only=args.tokens_only, decode_only=args.decode_only,
+                      overwrite=args.overwrite, dry_run=args.dry_run, strict=args.strict,
                       save_dir_text=args.save_dir, shard=shard, banner=tuple(banner))
     settings = GenerationSettings(
-        ckpt_dir=args.ckpt_dir, runtime=RuntimePaths.resolve(args.runtime_dir), gen_type=gen_type,
+        ckpt_dir=args.ckpt_dir, runtime=RuntimePaths.resolve(args.runtime_dir),
         low_mem=memory.low_mem, batch_size=args.batch_size, kv_cache=args.kv_cache,
         decoder_batch=args.decoder_batch, max_duration=args.max_duration, temperature=args.temperature,
         top_k=args.top_k, cfg_coef=args.cfg_coef, greedy=args.greedy, checkpoint_every=args.checkpoint_every,
@@ -213,14 +213,13 @@ def add_merge(sub: argparse._SubParsersAction) -> None:
                                    "finish does this by itself; run it by hand after a shard was lost or killed.")
     p.add_argument("save_dir", help="the SAVE_DIR every shard wrote to (as typed: it makes wav_path)")
     p.add_argument("input_jsonl", type=Path, help="the jsonl the shards rendered")
-    for flag in ("separate", "bgm", "vocal"):
+    for flag in FLAG_ORDER:
         p.add_argument(f"--{flag}", action="store_true", help=f"the shards ran with --{flag}")
     p.set_defaults(func=cmd_merge)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from .jobs import JobsError, load_jobs
-    from .pipeline import stems_for
     from .outputs import output_jsonl_path
     from .progress import log, setup_logging
     from .results import assemble
@@ -236,7 +235,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     running = [shard.label for shard, _ in live_shards(save_dir)]
     if running:
         log(f"warning: shards still running ({', '.join(running)}): the jsonl lists only the songs finished so far")
-    found = assemble(jobs, save_dir, args.input_jsonl, args.save_dir, stems_for(gen_type_of(args)))
+    found = assemble(jobs, save_dir, args.input_jsonl, args.save_dir, GEN_TYPES[gen_type_of(args)].stems)
     log(f"{found} of {len(jobs)} songs finished; wrote {output_jsonl_path(save_dir, args.input_jsonl)}"
         if found else f"0 of {len(jobs)} songs finished; nothing written")
     return 0

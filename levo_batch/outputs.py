@@ -17,7 +17,8 @@ from typing import Iterable
 import numpy as np
 import soundfile as sf
 
-from levo_batch.stages import SAMPLE_RATE, STEM_SUFFIX
+from levo_batch.gen_types import STEM_SUFFIX
+from levo_batch.stages import SAMPLE_RATE
 from levo_batch.store import atomic_write_bytes
 
 

@@ -13,9 +13,6 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
-GEN_TYPES = ("mixed", "bgm", "vocal", "separate")
-"""Upstream's generation types. The LM sees only mixed/bgm (vocal and separate condition it like mixed)."""
-
 SAMPLE_RATE = 48000
 FRAME_RATE = 25
 EOS_ID = 16384
@@ -79,17 +76,14 @@ class PromptAudio:
 
 @dataclass
 class DecodeRequest:
-    """One song for the decoder phase. `tokens` is the LM's `[3, T]` output (row 0 is never decoded)."""
+    """One song for the decoder phase. `tokens` is the LM's `[3, T]` output (row 0 is never decoded);
+    `gen_type` is a key of `levo_batch.gen_types.GEN_TYPES`."""
 
     idx: str
     tokens: np.ndarray
     gen_type: str
     seed: int
     prompt_audio: PromptAudio | None = None
-
-
-STEM_SUFFIX = {"main": "", "vocal": "_vocal", "bgm": "_bgm"}
-"""Decoded stem name -> file suffix: `{idx}.flac`, `{idx}_vocal.flac`, `{idx}_bgm.flac`."""
 
 
 class AudioDecoder(Protocol):
@@ -101,10 +95,8 @@ class AudioDecoder(Protocol):
         """What determines the audio besides the request."""
 
     def decode(self, songs: Sequence[DecodeRequest]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        """Yield `(idx, stems)` as songs complete; stems map `STEM_SUFFIX` keys to `(2, N)` float32 audio.
-
-        mixed/bgm/vocal give `{"main": ...}`; separate gives `main`, `vocal` and `bgm`.
-        """
+        """Yield `(idx, stems)` as songs complete: the stems of the song's generation type
+        (`levo_batch.gen_types`), each `(2, N)` float32 audio."""
 
 
 @dataclass
