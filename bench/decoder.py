@@ -129,8 +129,8 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
     if args.runtime:
         if args.layers is not None:
             raise SystemExit("--layers only applies to random weights (drop --runtime)")
-        decoder = SepTokenDecoder.load(RuntimePaths.resolve(args.runtime), device=device, dtype=dtype,
-                                       vae_dtype=DTYPES[args.vae_dtype], compile=False)
+        decoder = SepTokenDecoder.load(RuntimePaths.resolve(args.runtime), batch_size=args.batch[0], device=device,
+                                       dtype=dtype, vae_dtype=DTYPES[args.vae_dtype], compile=False)
         decoder.flow.cfg = decoder.cfg = replace(decoder.cfg, **overrides)
         return decoder
     cfg = replace(DecoderConfig(), **overrides)
@@ -139,7 +139,7 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
     with torch.device(device):
         vae = OobleckVAE(VAEConfig(channels=args.vae_channels), parts=("decoder",))
     vae = vae.eval().requires_grad_(False).to(DTYPES[args.vae_dtype])
-    return SepTokenDecoder(flow, vae)
+    return SepTokenDecoder(flow, vae, batch_size=args.batch[0])
 
 
 def compare_precision(decoder: SepTokenDecoder, args: argparse.Namespace, device: torch.device) -> None:

@@ -7,23 +7,32 @@ import os
 import sys
 from pathlib import Path
 
+from .backends import KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING, GenerationSettings
 from .evaluate.cli import add_evaluate
-from .lm.config import LM_VERSIONS
-from .lowmem import LOW_MEM_THRESHOLDS_GIB
 from .gen_types import FLAG_ORDER, GEN_TYPES
+from .lm.config import LM_VERSIONS, LMConfig
+from .lm.sampling import SamplingParams
+from .lowmem import LOW_MEM_THRESHOLDS_GIB
 
 EXIT_FAILED_SONGS = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-UPSTREAM_FLAGS = """\
+DEFAULTS = GenerationSettings
+"""The settings' defaults are the flags' defaults (read as class attributes)."""
+
+_LOW_MEM_SAMPLING = "temperature {temperature}, top-k {top_k}".format(**UPSTREAM_LOW_MEM_SAMPLING)
+_PRECEDENCE = " beats ".join(f"--{flag}" for flag in reversed(FLAG_ORDER))
+_LOW_MEM_DECODE = f"prompt audio only on the mixed decode, decoder batch {LOW_MEM_DECODER_BATCH}"
+
+UPSTREAM_FLAGS = f"""\
 upstream generate.sh flags (accepted anywhere after the three positionals):
-  --separate            also write {idx}_vocal.flac and {idx}_bgm.flac beside the mixed {idx}.flac
+  --separate            also write {{idx}}_vocal.flac and {{idx}}_bgm.flac beside the mixed {{idx}}.flac
   --bgm                 accompaniment only (LM told [Pure-Music], vocal row replaced at decoding)
   --vocal               vocals only (bgm row replaced at decoding)
-                        several given: like upstream, --vocal beats --bgm beats --separate
-  --low_mem             force upstream's low-memory mode: its sampling (temperature 0.9, top-k 50),
-                        prompt audio only on the mixed decode, decoder batch 1, LM freed before decoding.
+                        several given: like upstream, {_PRECEDENCE}
+  --low_mem             force upstream's low-memory mode: its sampling ({_LOW_MEM_SAMPLING}),
+                        {_LOW_MEM_DECODE}, LM freed before decoding.
                         Without it the mode is chosen as upstream does (see --no-low-mem)
   --not_use_flash_attn  accepted for compatibility; a no-op (MLX and PyTorch pick their own
                         fused attention kernels on every backend)
@@ -72,15 +81,17 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0,
                    help="run seed (default 0); each song's seed is derived from it and its idx, so a song "
                         "renders the same whatever else is in the file")
-    g.add_argument("--batch-size", type=batch_size_arg, default=None, metavar="N|auto",
+    g.add_argument("--batch-size", type=batch_size_arg, default=DEFAULTS.batch_size, metavar="N|auto",
                    help="songs generated at once by the LM (default auto: as many as free device memory holds "
                         "for the KV caches, at most 64; 8 on the CPU)")
-    g.add_argument("--kv-cache", choices=("bf16", "int8"), default="bf16",
-                   help="LM attention cache precision (default bf16, faithful to upstream); int8 halves its "
+    g.add_argument("--kv-cache", choices=tuple(KV_CACHE_BITS), default=DEFAULTS.kv_cache,
+                   help=f"LM attention cache precision (default {DEFAULTS.kv_cache}, faithful to upstream); int8 "
+                        "halves its "
                         "memory and the bytes read per step (about twice the songs per batch, faster at large "
                         "batches) at a small logit error")
-    g.add_argument("--decoder-batch", type=int, default=4,
-                   help="decoder windows processed at once (default 4; 1 with --low_mem)")
+    g.add_argument("--decoder-batch", type=int, default=DEFAULTS.decoder_batch,
+                   help=f"decoder windows processed at once (default {DEFAULTS.decoder_batch}; "
+                        f"{LOW_MEM_DECODER_BATCH} with --low_mem)")
     g.add_argument("--no-low-mem", dest="low_mem", action="store_const", const="off",
                    help="never use the low-memory mode. Default: automatic like upstream, low-memory when the "
                         "CUDA card has at most its checkpoint folder's threshold ("
@@ -93,12 +104,14 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="text conventions of the checkpoint (default: upstream's rule, v1 for folders named "
                         "songgeneration_base, _base_new, _base_full, _large, v2 otherwise; conversions "
                         "record theirs)")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.8)")
-    g.add_argument("--top-k", type=int, default=None, help="top-k of codebook 0 (default 5000)")
-    g.add_argument("--cfg-coef", type=float, default=None, help="classifier-free guidance (default 1.5)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help=f"sampling temperature (default {SamplingParams.temperature})")
+    g.add_argument("--top-k", type=int, default=None, help=f"top-k of codebook 0 (default {SamplingParams.top_k})")
+    g.add_argument("--cfg-coef", type=float, default=None,
+                   help=f"classifier-free guidance (default {LMConfig.cfg_coef}, or the checkpoint's own)")
     g.add_argument("--greedy", action="store_true", help="argmax instead of sampling (debugging, tests)")
-    g.add_argument("--checkpoint-every", type=int, default=100,
-                   help="LM steps between mid-song checkpoints (default 100)")
+    g.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every,
+                   help=f"LM steps between mid-song checkpoints (default {DEFAULTS.checkpoint_every})")
     g.add_argument("--tokens-only", action="store_true", help="stop after the LM phase")
     g.add_argument("--decode-only", action="store_true", help="only decode tokens already in SAVE_DIR/tokens")
     g.add_argument("--overwrite", action="store_true",
@@ -139,7 +152,7 @@ def add_shard_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .backends import DefaultStages, GenerationSettings
+    from .backends import DefaultStages
     from .errors import LevoError
     from .jobs import JobsError
     from .lowmem import memory_mode

@@ -315,8 +315,8 @@ def _name_clashes(path: Path, first_line: dict[str, int], *, gen_type: str) -> l
             base = idx.removesuffix(suffix)
             if base != idx and base in first_line:
                 problems.append(Problem(path, line, "idx", (
-                    f"with --{gen_type}, the {suffix[1:]} stem of {base!r} (line {first_line[base]}) is also written to "
-                    f"audios/{idx}.flac and would overwrite this song: rename one")))
+                    f"with --{gen_type}, the {suffix[1:]} stem of {base!r} (line {first_line[base]}) is also "
+                    f"written to audios/{idx}.flac and would overwrite this song: rename one")))
     return problems
 
 

@@ -104,7 +104,7 @@ def test_long_song_two_windows_crossfaded(fixtures, decoder, monkeypatch):
 def test_non_default_window_duration(fixtures, runtime_4s, monkeypatch):
     case = load_case(fixtures, "dur4_10s04")
     inject_recorded_noise(monkeypatch, case, "mixed")
-    decoder = SepTokenDecoder.load(runtime_4s, device="cpu")
+    decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
     wav = decode_one(decoder, DecodeRequest("d4", case["tokens"][0], "mixed", seed=0))["main"]
     np.testing.assert_allclose(wav, case["d0_wav"], atol=1e-4, rtol=1e-4)
 
@@ -123,7 +123,7 @@ def test_prompt_audio_conditions_first_window(fixtures, runtime, decoder, monkey
         encoder = encoder_module.SepTokenEncoder.load(runtime.septoken, device="cpu", config=w2v2)
         return vae, encoder
 
-    prompted = SepTokenDecoder(decoder.flow, decoder.vae, prompt_models=prompt_models)
+    prompted = SepTokenDecoder(decoder.flow, decoder.vae, batch_size=4, prompt_models=prompt_models)
     prompt = PromptAudio(case["prompt_raw_vocal_wav"], case["prompt_raw_bgm_wav"])
     wav = decode_one(prompted, DecodeRequest("p", case["tokens"][0], "mixed", seed=0, prompt_audio=prompt))["main"]
     np.testing.assert_allclose(wav, case["d0_wav"], atol=1e-4, rtol=1e-4)
@@ -159,9 +159,10 @@ class StubPromptModels:
     (False, [(True, True)]),                               # generate_lowmem: mixed decode only
 ])
 def test_prompt_routing_for_separate(fixtures, runtime_4s, on_stems, expected):
-    loaded = SepTokenDecoder.load(runtime_4s, device="cpu")
+    loaded = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
     stub = StubPromptModels()
-    decoder = SepTokenDecoder(loaded.flow, loaded.vae, prompt_models=lambda: (stub, stub), prompt_on_stems=on_stems)
+    decoder = SepTokenDecoder(loaded.flow, loaded.vae, batch_size=4, prompt_models=lambda: (stub, stub),
+                              prompt_on_stems=on_stems)
     tokens = load_case(fixtures, "bgm_3s")["tokens"][0][:, :30]
     prompt = PromptAudio(np.ones((2, 96000), np.float32), np.ones((2, 96000), np.float32))
     stems = decode_one(decoder, DecodeRequest("s", tokens, "separate", seed=0, prompt_audio=prompt))
@@ -208,26 +209,26 @@ def test_missing_tensor_names_file_and_key(tmp_path, fixtures):
     del tensors["cfm_wrapper.estimator.h.1.mlp.c_fc.weight"]
     save_file(tensors, str(runtime.septoken))
     with pytest.raises(KeyError, match=r"model_2.safetensors lacks 1 tensor.*h\.1\.mlp\.c_fc\.weight"):
-        SepTokenDecoder.load(runtime, device="cpu")
+        SepTokenDecoder.load(runtime, device="cpu", batch_size=4)
 
 
 def test_geometry_file_required_for_non_official_weights(tmp_path, fixtures):
     runtime = make_runtime(tmp_path, fixtures)
     (runtime.septoken.parent / "levo_decoder.json").unlink()
     with pytest.raises(ValueError, match="levo_decoder.json"):
-        SepTokenDecoder.load(runtime, device="cpu")
+        SepTokenDecoder.load(runtime, device="cpu", batch_size=4)
 
 
 def test_missing_runtime_file_points_to_download(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"septoken decoder weights not found.*levo-batch download"):
-        SepTokenDecoder.load(RuntimePaths(tmp_path), device="cpu")
+        SepTokenDecoder.load(RuntimePaths(tmp_path), device="cpu", batch_size=4)
 
 
 def test_half_precision_checkpoint_loads(tmp_path, fixtures):
     runtime = make_runtime(tmp_path, fixtures)
     tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(runtime.septoken).items()}
     save_file(tensors, str(runtime.septoken))
-    decoder = SepTokenDecoder.load(runtime, device="cpu")
+    decoder = SepTokenDecoder.load(runtime, device="cpu", batch_size=4)
     assert decoder.flow.estimator.wpe.dtype == torch.float32
     assert decoder.fingerprint()["dtype"] == "float32"
 

@@ -90,8 +90,8 @@ class SepTokenDecoder:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, flow: FlowDecoder, vae, *, prompt_models: Callable[[], tuple] | None = None,
-                 batch_size: int = 4, prompt_on_stems: bool = True, info: dict | None = None):
+    def __init__(self, flow: FlowDecoder, vae, *, batch_size: int, prompt_models: Callable[[], tuple] | None = None,
+                 prompt_on_stems: bool = True, info: dict | None = None):
         """`vae` needs `decode_chunked(latents, chunk_size, overlap)`. `prompt_models()` returns (VAE with
         `encode_audio(audio, noise=)`, septoken encoder with `encode(vocal, bgm)`); it is called once, on the
         first prompt, so prompt-less runs never load MusicFM or the VAE encoder. `prompt_on_stems=False` keeps
@@ -113,8 +113,8 @@ class SepTokenDecoder:
                              f"{self.cfg.n_positions}")
 
     @classmethod
-    def load(cls, runtime: RuntimePaths, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-             batch_size: int = 4, prompt_on_stems: bool = True,
+    def load(cls, runtime: RuntimePaths, *, batch_size: int, device: str | torch.device | None = None,
+             dtype: torch.dtype | None = None, prompt_on_stems: bool = True,
              vae_dtype: torch.dtype = torch.float32, compile: bool = False) -> "SepTokenDecoder":
         """Read the septoken safetensors (decoder tensors only) and the VAE decoder from the runtime folder.
 
