@@ -121,9 +121,3 @@ def prompt_window(x: np.ndarray, sr: int, seconds: float = PROMPT_SECONDS) -> np
     """`(2, <= seconds*48k)` float32 at 48 kHz: resample the whole signal, then keep its beginning (upstream order)."""
     wav = resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), sr, SAMPLE_RATE)
     return to_stereo(wav[:, : int(seconds * SAMPLE_RATE)].numpy())
-
-
-def load_prompt_audio(path: str | Path, seconds: float = PROMPT_SECONDS) -> np.ndarray:
-    """A prompt file as upstream's `Separator.load_audio` sees it, made stereo: `(2, N)` float32 @48 kHz."""
-    x, sr = read_audio(path)
-    return prompt_window(x, sr, seconds)

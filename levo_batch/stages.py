@@ -15,8 +15,6 @@ import numpy as np
 
 SAMPLE_RATE = 48000
 FRAME_RATE = 25
-EOS_ID = 16384
-SPECIAL_ID = 16385
 
 
 def song_seed(base_seed: int, idx: str) -> int:

@@ -34,7 +34,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Literal, Mapping
+from typing import BinaryIO, Callable, Mapping
 
 import numpy as np
 import orjson
@@ -222,9 +222,6 @@ class Record:
     meta: dict
 
 
-Status = Literal["done", "partial", "stale", "missing"]
-
-
 class TokenStore:
     """Finished records and mid-song checkpoints under `SAVE_DIR/tokens/`.
 
@@ -317,18 +314,6 @@ class TokenStore:
             log.warning("Unreadable checkpoint %s (%s): moved aside to %s; song %s restarts from scratch.",
                         path, e, moved.name, idx)
             return None
-
-    def status(self, idx: str, fp: FingerprintLike) -> Status:
-        """done: finished record matches; partial: a matching checkpoint; stale: only mismatched/unreadable files."""
-        digest = _digest(fp)
-        finished = _stored_digest(self.path(idx), "fingerprint")
-        if finished == digest:
-            return "done"
-        if _stored_digest(self.partial_path(idx), _FP_KEY) == digest:
-            return "partial"
-        if self.path(idx).exists() or self.partial_path(idx).exists():
-            return "stale"
-        return "missing"
 
     def remove(self, idx: str) -> None:
         """Forget a song (e.g. for --overwrite)."""
