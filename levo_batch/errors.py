@@ -4,6 +4,15 @@ The CLI prints such errors without a traceback and exits with status 2; anything
 its traceback. Per-song problems (`prompts.errors.PromptError`) are handled inside the pipeline instead.
 """
 
+from __future__ import annotations
+
+from typing import Sequence
+
+
+def first_few(items: Sequence[str], n: int, sep: str = ", ") -> str:
+    """The first `n` items for a message, and how many more there are: `a, b, ... (3 more)`."""
+    return sep.join(items[:n]) + (f"{sep}... ({len(items) - n} more)" if len(items) > n else "")
+
 
 class LevoError(Exception):
     """An input, asset or state problem the user can fix; the message says how."""

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from levo_batch.decoder.vae_blocks import OobleckDecoder, OobleckEncoder, SnakeBeta, snake_beta
+from levo_batch.errors import first_few
 from levo_batch.torch_utils import fold_weight_norm, torch_device
 
 PARTS = ("decoder", "encoder")
@@ -245,11 +246,6 @@ def _fold(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_vae(config_json: Path, weights: Path, device: torch.device | None = None,
              dtype: torch.dtype | None = None, *, parts: Sequence[str] = PARTS) -> OobleckVAE:
     """Build the VAE from its stable-audio-tools json and load an official `.ckpt` or a `.safetensors`.
@@ -275,9 +271,9 @@ def load_vae(config_json: Path, weights: Path, device: torch.device | None = Non
     unexpected = sorted(k for k in state if k not in expected)
     mismatched = [f"{k} {tuple(state[k].shape)} (config expects {tuple(v.shape)})"
                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = [f"missing keys: {_listing(missing)}" if missing else "",
-                f"unexpected keys: {_listing(unexpected)}" if unexpected else "",
-                f"shape mismatch: {_listing(mismatched)}" if mismatched else ""]
+    problems = [f"missing keys: {first_few(missing, 12)}" if missing else "",
+                f"unexpected keys: {first_few(unexpected, 12)}" if unexpected else "",
+                f"shape mismatch: {first_few(mismatched, 12)}" if mismatched else ""]
     if any(problems):
         raise ValueError(
             f"{weights} does not fit the VAE {'/'.join(parts)} described by {config_json}: "

@@ -12,6 +12,8 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from safetensors import safe_open
 
+from levo_batch.errors import first_few
+
 
 class SafetensorsDict(Mapping[str, torch.Tensor]):
     """Read-only mapping over a .safetensors file that loads a tensor only when it is asked for.
@@ -50,10 +52,9 @@ def take(sd: Mapping[str, torch.Tensor], prefix: str, names: Iterable[str]) -> d
     names = list(names)
     missing = [prefix + n for n in names if prefix + n not in sd]
     if missing:
-        shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
         raise KeyError(
-            f"{source_name(sd)} lacks {len(missing)} tensor(s) the decoder needs: {shown}. Is it the official "
-            "ckpt/model_septoken/model_2.safetensors? Re-download it if it is truncated."
+            f"{source_name(sd)} lacks {len(missing)} tensor(s) the decoder needs: {first_few(missing, 8)}. Is it the "
+            "official ckpt/model_septoken/model_2.safetensors? Re-download it if it is truncated."
         )
     return {n: sd[prefix + n] for n in names}
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from levo_batch.audio import resample_kernel
 from levo_batch.decoder.vq import VQ_KEYS, SingleVQ
 from levo_batch.decoder.weights import SafetensorsDict
+from levo_batch.errors import first_few
 from levo_batch.prompts.musicfm import MusicFM, no_tf32
 from levo_batch.stages import FRAME_RATE, SAMPLE_RATE
 from levo_batch.torch_utils import torch_device
@@ -121,8 +122,8 @@ class _TokenEncoder:
         missing = [k for k in cls.checkpoint_keys() if k not in sd]
         if missing:
             source = f"{sd!r}" if isinstance(sd, SafetensorsDict) else "the state dict"
-            shown = ", ".join(missing[:6]) + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
-            raise KeyError(f"{source} lacks {len(missing)} tensor(s) the prompt encoder needs: {shown}. "
+            raise KeyError(f"{source} lacks {len(missing)} tensor(s) the prompt encoder needs: "
+                           f"{first_few(missing, 6)}. "
                            f"Is it the official {cls.OFFICIAL_FILE}? Re-download it if it is truncated.")
         device = torch_device(str(device) if device is not None else None)
         musicfm = MusicFM.from_state_dict(sd, max(cls.LAYERS), w2v2=config, device=device,
