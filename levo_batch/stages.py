@@ -17,10 +17,15 @@ SAMPLE_RATE = 48000
 FRAME_RATE = 25
 
 
+def derive_seed(*parts: object) -> int:
+    """A non-negative 63-bit seed from sha256 of the parts joined by ":": the same on every platform and run."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def song_seed(base_seed: int, idx: str) -> int:
     """Per-song seed from the run seed and the idx alone, so a song never depends on its batch mates."""
-    digest = hashlib.sha256(f"{base_seed}:{idx}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+    return derive_seed(base_seed, idx)
 
 
 @dataclass
