@@ -6,6 +6,7 @@ init. We read only the tensors a module needs and fail loudly, naming the file, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -45,6 +46,16 @@ class SafetensorsDict(Mapping[str, torch.Tensor]):
 
     def __repr__(self) -> str:
         return str(self.path)
+
+
+def geometry_beside(weights: str | Path, file_name: str) -> dict | None:
+    """The JSON geometry file `file_name` in the folder of `weights`, or None when there is none.
+
+    Official runtimes ship no such files (the real geometry is each module's default); non-standard checkpoints,
+    such as the tiny random ones of the tests, describe their sizes in one.
+    """
+    path = Path(weights).parent / file_name
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def take(sd: Mapping[str, torch.Tensor], prefix: str, names: Iterable[str]) -> dict[str, torch.Tensor]:

@@ -15,7 +15,6 @@ flips near-tie codes (bf16 changes ~10 % of them on the tiny random models; see 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Mapping
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from levo_batch.audio import resample_kernel
 from levo_batch.decoder.vq import VQ_KEYS, SingleVQ
-from levo_batch.decoder.weights import SafetensorsDict
+from levo_batch.decoder.weights import SafetensorsDict, geometry_beside
 from levo_batch.errors import first_few
 from levo_batch.prompts.musicfm import MusicFM, no_tf32
 from levo_batch.stages import FRAME_RATE, SAMPLE_RATE
@@ -45,8 +44,7 @@ def config_for(weights: Path) -> dict | None:
     Attention heads cannot be read off the weights; official runtimes have no such file (the real geometry is
     the default), tiny test models ship one with their wav2vec2-conformer config.
     """
-    path = Path(weights).parent / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return geometry_beside(weights, CONFIG_FILE)
 
 
 def limit_peak(x: torch.Tensor, threshold: float = PEAK_LIMIT) -> torch.Tensor:
