@@ -146,7 +146,7 @@ def compare_precision(decoder: SepTokenDecoder, args: argparse.Namespace, device
     """Latent drift of the flow in its dtype against float32 on one window (same weights, codes, noise)."""
     cfg = decoder.cfg
     if args.runtime:
-        from levo_batch.decoder.weights import SafetensorsDict
+        from levo_batch.codec.weights import SafetensorsDict
 
         weights = SafetensorsDict(RuntimePaths.resolve(args.runtime).septoken)
     else:

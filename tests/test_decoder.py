@@ -110,7 +110,7 @@ def test_non_default_window_duration(fixtures, runtime_4s, monkeypatch):
 
 
 def test_prompt_audio_conditions_first_window(fixtures, runtime, decoder, monkeypatch):
-    encoder_module = pytest.importorskip("levo_batch.prompts.septoken_encoder")
+    encoder_module = pytest.importorskip("levo_batch.codec.septoken_encoder")
     from levo_batch.decoder.vae import load_vae
 
     case = load_case(fixtures, "prompt_mixed_3s")

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from levo_batch.decoder.vq import SingleVQ
-from levo_batch.decoder.weights import SafetensorsDict
+from levo_batch.codec.vq import SingleVQ
+from levo_batch.codec.weights import SafetensorsDict
 
 STREAMS = [("vocal", "rvq_bestrq_emb."), ("bgm", "rvq_bestrq_bgm_emb.")]
 

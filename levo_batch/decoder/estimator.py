@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from levo_batch.decoder.weights import geometry_beside, source_name, take
+from levo_batch.codec.weights import geometry_beside, source_name, take
 
 CONFIG_FILE = "levo_decoder.json"
 GEOMETRY_HINT = f"a non-official model needs a {CONFIG_FILE} next to its weights giving its geometry"

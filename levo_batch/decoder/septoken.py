@@ -22,7 +22,7 @@ import torch
 
 from levo_batch.decoder.estimator import LATENT_DIM, DecoderConfig
 from levo_batch.decoder.flow import CompiledOrEager, FlowDecoder, seeded_noise
-from levo_batch.decoder.weights import SafetensorsDict
+from levo_batch.codec.weights import SafetensorsDict
 from levo_batch.decoder.windows import SAMPLES_PER_FRAME, SongWindows, WindowJob, WindowPlan, advance, render
 from levo_batch.runtime import RuntimePaths
 from levo_batch.gen_types import GEN_TYPES
@@ -137,7 +137,7 @@ class SepTokenDecoder:
         vae = load_vae(vae_config, vae_weights, device, vae_dtype, parts=("decoder",))
 
         def prompt_models() -> tuple:
-            from levo_batch.prompts.septoken_encoder import SepTokenEncoder, config_for
+            from levo_batch.codec.septoken_encoder import SepTokenEncoder, config_for
 
             return (load_vae(vae_config, vae_weights, device, torch.float32, parts=("encoder",)),
                     SepTokenEncoder.from_state_dict(weights, device, torch.float32, config_for(septoken)))

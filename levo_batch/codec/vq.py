@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from levo_batch.decoder.weights import take
+from levo_batch.codec.weights import take
 from levo_batch.torch_utils import fold_weight_norm
 
 VQ_KEYS = (
