@@ -29,6 +29,14 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and what is wrong with it."""
 
 
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """`(C, N)` float -> `(N, C)` int16 exactly as upstream's FLAC writer (torchaudio 2.6's FFmpeg backend,
+    libswresample) converts: `clip_int16(lrintf(x * 32768))`, i.e. scale by 2^15, round half to even, saturate.
+    Clamping first changes nothing but is explicit."""
+    scaled = np.clip(audio.astype(np.float32), -1.0, 1.0) * np.float32(32768)
+    return np.clip(np.rint(scaled), -32768, 32767).astype(np.int16).T
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """`(C, N)` float32 samples in [-1, 1] and the sample rate of an audio file.
 

@@ -201,7 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         log(f"error: {exc}")
         return EXIT_USAGE
     except OSError as exc:
-        from .store import STORAGE_ERRNOS, storage_message
+        from .atomic import STORAGE_ERRNOS, storage_message
 
         if exc.errno not in STORAGE_ERRNOS:
             raise

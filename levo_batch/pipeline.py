@@ -15,6 +15,7 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from . import provenance
+from .atomic import sweep_temp_files
 from .errors import StorageError
 from .gen_types import GEN_TYPES
 from .interrupt import StopRequested, interruptible, stop_at_once
@@ -32,7 +33,7 @@ from .stages import (
     TokenGenerator,
     song_seed,
 )
-from .store import Fingerprint, TokenStore, read_record, record_problem, sweep_temp_files
+from .store import Fingerprint, TokenStore, read_record, record_problem
 from .text import lm_texts
 
 

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import orjson
 
+from .atomic import atomic_write_bytes
 from .errors import LevoError, first_few
 from .outputs import audio_paths
 from .stages import song_seed
-from .store import atomic_write_bytes, canonical, differences, file_sha256, move_aside
+from .store import canonical, differences, file_sha256, move_aside
 
 if TYPE_CHECKING:
     from .jobs import Job
