@@ -258,11 +258,11 @@ class Supervisor:
 
 def launch(args: argparse.Namespace, shard: Shard) -> int:
     """`generate --gpus`: validate the jsonl once, then one worker per GPU; the exit code of the worst worker."""
-    from .jobs import JobsError, load_jobs
+    from .cli import gen_type_of
     from .gen_types import GEN_TYPES
+    from .jobs import JobsError, load_jobs
     from .progress import log
     from .results import assemble_if_last
-    from .cli import gen_type_of
 
     if os.environ.get(WORKER_ENV):
         log(f"error: --gpus inside a --gpus worker ({WORKER_ENV}={os.environ[WORKER_ENV]}); "

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import provenance
 from .atomic import sweep_temp_files
-from .errors import StorageError
+from .errors import PromptError, StorageError
 from .gen_types import GEN_TYPES
 from .interrupt import StopRequested, interruptible, stop_at_once
 from .jobs import Job, load_jobs
@@ -213,8 +213,6 @@ def planned_work(job: Job, opts: RunOptions, stems: tuple[str, ...]) -> str:
 
 def prepare_prompts(jobs: Sequence[Job], opts: RunOptions, stages: Stages, summary: Summary) -> dict[str, Prompt]:
     """Prompt tokens (LM) and audio (decoder); a bad prompt fails its own song only."""
-    from .prompts.errors import PromptError
-
     source = None
     prompts: dict[str, Prompt] = {}
     for job in jobs:

@@ -94,7 +94,7 @@ class FakePrompts:
         self.released = True
 
     def prepare(self, job, seed: int) -> Prompt:
-        from levo_batch.prompts.errors import PromptError
+        from levo_batch.errors import PromptError
 
         if job.idx in self.fail:
             raise PromptError(f"{job.prompt_audio_path}: prompt audio is silent")

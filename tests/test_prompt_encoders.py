@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from levo_batch.codec.weights import SafetensorsDict
 from levo_batch.codec import septoken_encoder as se
 from levo_batch.codec.septoken_encoder import RVQ1Encoder, SepTokenEncoder
+from levo_batch.codec.weights import SafetensorsDict
 
 SEP_FILE = ("decoder_tiny", "septoken_model.safetensors")
 RVQ1_FILE = ("encoder_tiny", "rvq1_model.safetensors")

@@ -16,9 +16,9 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from levo_batch.decoder.estimator import GEOMETRY_HINT, LATENT_DIM, DecoderConfig, Estimator
 from levo_batch.codec.vq import SingleVQ
 from levo_batch.codec.weights import source_name, take
+from levo_batch.decoder.estimator import GEOMETRY_HINT, LATENT_DIM, DecoderConfig, Estimator
 from levo_batch.stages import derive_seed
 
 log = logging.getLogger(__name__)

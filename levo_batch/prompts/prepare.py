@@ -18,18 +18,18 @@ import numpy as np
 import torch
 
 from levo_batch.audio import AudioError, prompt_window, read_audio, resample, to_stereo
-from levo_batch.codec.weights import geometry_beside
-from levo_batch.prompts.autoprompt import AutoPromptLibrary
-from levo_batch.prompts.errors import PromptError
-from levo_batch.prompts.separation import HTDEMUCS_HPARAMS, SEPARATION_RATE, Separator
 from levo_batch.codec.septoken_encoder import config_for
+from levo_batch.codec.weights import geometry_beside
+from levo_batch.errors import PromptError
+from levo_batch.prompts.autoprompt import AutoPromptLibrary
+from levo_batch.prompts.separation import HTDEMUCS_HPARAMS, SEPARATION_RATE, Separator
 from levo_batch.runtime import RuntimePaths
 from levo_batch.stages import SAMPLE_RATE, Prompt, PromptAudio
 from levo_batch.torch_utils import torch_device
 
 if TYPE_CHECKING:
-    from levo_batch.jobs import Job
     from levo_batch.codec.septoken_encoder import RVQ1Encoder, SepTokenEncoder
+    from levo_batch.jobs import Job
 
 MIN_PROMPT_SECONDS = 1.0
 """Shorter prompt files are rejected: a few frames of prompt give the LM and the decoder nothing to follow."""
