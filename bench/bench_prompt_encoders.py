@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from common import TensorSpec, decoder_weight, find_fixtures, write_safetensors
-from levo_batch.prompts.septoken_encoder import RVQ1Encoder, SepTokenEncoder
+from levo_batch.codec.septoken_encoder import RVQ1Encoder, SepTokenEncoder
 from levo_batch.stages import SAMPLE_RATE
 from levo_batch.torch_utils import torch_device
 

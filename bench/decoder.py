@@ -31,6 +31,7 @@ from levo_batch.decoder.estimator import TIME_FREQ_DIM, DecoderConfig
 from levo_batch.decoder.flow import CompiledOrEager, FlowDecoder
 from levo_batch.decoder.septoken import SepTokenDecoder, default_flow_dtype
 from levo_batch.decoder.vae import OobleckVAE, VAEConfig
+from levo_batch.gen_types import GEN_TYPES
 from levo_batch.runtime import RuntimePaths
 from levo_batch.stages import DecodeRequest
 from levo_batch.torch_utils import torch_device
@@ -128,8 +129,8 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
     if args.runtime:
         if args.layers is not None:
             raise SystemExit("--layers only applies to random weights (drop --runtime)")
-        decoder = SepTokenDecoder.load(RuntimePaths.resolve(args.runtime), device=device, dtype=dtype,
-                                       vae_dtype=DTYPES[args.vae_dtype], compile=False)
+        decoder = SepTokenDecoder.load(RuntimePaths.resolve(args.runtime), batch_size=args.batch[0], device=device,
+                                       dtype=dtype, vae_dtype=DTYPES[args.vae_dtype], compile=False)
         decoder.flow.cfg = decoder.cfg = replace(decoder.cfg, **overrides)
         return decoder
     cfg = replace(DecoderConfig(), **overrides)
@@ -138,14 +139,14 @@ def build(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) ->
     with torch.device(device):
         vae = OobleckVAE(VAEConfig(channels=args.vae_channels), parts=("decoder",))
     vae = vae.eval().requires_grad_(False).to(DTYPES[args.vae_dtype])
-    return SepTokenDecoder(flow, vae)
+    return SepTokenDecoder(flow, vae, batch_size=args.batch[0])
 
 
 def compare_precision(decoder: SepTokenDecoder, args: argparse.Namespace, device: torch.device) -> None:
     """Latent drift of the flow in its dtype against float32 on one window (same weights, codes, noise)."""
     cfg = decoder.cfg
     if args.runtime:
-        from levo_batch.decoder.weights import SafetensorsDict
+        from levo_batch.codec.weights import SafetensorsDict
 
         weights = SafetensorsDict(RuntimePaths.resolve(args.runtime).septoken)
     else:
@@ -186,7 +187,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=150.0, help="song length (default 150)")
     parser.add_argument("--windows", type=int, default=None, help="cut songs to this many 40-s windows")
     parser.add_argument("--batch", type=int, nargs="+", default=[1, 4], help="songs decoded together")
-    parser.add_argument("--gen-type", choices=("mixed", "bgm", "vocal", "separate"), default="mixed")
+    parser.add_argument("--gen-type", choices=tuple(GEN_TYPES), default="mixed")
     parser.add_argument("--steps", type=int, default=None, help="Euler steps (real: 10)")
     parser.add_argument("--layers", type=int, default=None, help="estimator blocks (real: 16; CPU smoke only)")
     parser.add_argument("--vae-channels", type=int, default=128, help="VAE base width of the random model")
@@ -213,7 +214,7 @@ def main() -> None:
     if args.windows:
         frames = min(frames, decoder.plan.hop * args.windows + decoder.plan.overlap)
     windows = max(1, math.ceil((frames - decoder.plan.overlap) / decoder.plan.hop))
-    decodes = 3 if args.gen_type == "separate" else 1
+    decodes = len(GEN_TYPES[args.gen_type].decodes)
     audio_seconds = frames / 25
     timer = StageTimer(decoder, device)
     for batch in args.batch:

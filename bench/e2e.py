@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from levo_batch.backends import KV_CACHE_BITS, GenerationSettings
+
 from common import find_fixtures, lm_config, write_lm_checkpoint, write_runtime, write_songs
 
 TARGET_SONGS = 100
@@ -148,9 +150,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None,
                    help="max song length in s, which every song reaches (default 150; 2 with --tiny)")
     p.add_argument("--batch-size", type=int, default=8, help="LM songs at once (default 8)")
-    p.add_argument("--decoder-batch", type=int, default=4, help="decoder windows at once (default 4)")
+    p.add_argument("--decoder-batch", type=int, default=GenerationSettings.decoder_batch,
+                   help=f"decoder windows at once (default {GenerationSettings.decoder_batch})")
     p.add_argument("--quantize", type=int, choices=(4, 8), default=None, help="quantise the LM (default bf16)")
-    p.add_argument("--kv-cache", choices=("bf16", "int8"), default="bf16", help="LM cache precision (default bf16)")
+    p.add_argument("--kv-cache", choices=tuple(KV_CACHE_BITS), default=GenerationSettings.kv_cache,
+                   help=f"LM cache precision (default {GenerationSettings.kv_cache})")
     p.add_argument("--work", type=Path, default=None,
                    help="keep checkpoints and outputs here and reuse them (default: a temporary folder)")
     p.add_argument("--fixtures", type=Path, default=None, help="golden fixtures folder (tokenizer, decoder shapes)")

@@ -29,6 +29,7 @@ import numpy as np
 from common import LM_SIZES
 from mlx.utils import tree_flatten
 
+from levo_batch.backends import KV_CACHE_BITS
 from levo_batch.lm import decode_attention
 from levo_batch.lm.batch import SongSlots
 from levo_batch.lm.config import LMConfig
@@ -37,7 +38,6 @@ from levo_batch.lm.pattern import num_columns
 from levo_batch.lm.sampling import SamplingParams
 
 WARMUP = 3
-KV_BITS = {"bf16": None, "int8": 8}
 
 
 def build_model(cfg: LMConfig, dtype: str) -> LeVoLM:
@@ -230,7 +230,7 @@ def main() -> None:
                 decode_attention.ENABLED = args.attention == "kernel"
             for kv, batch in ((kv, int(b)) for kv in args.kv.split(",") for b in args.batches.split(",")):
                 try:
-                    r = time_row(model, cfg, batch, args.steps, args.samples, timesteps, KV_BITS[kv], bandwidth)
+                    r = time_row(model, cfg, batch, args.steps, args.samples, timesteps, KV_CACHE_BITS[kv], bandwidth)
                 except (RuntimeError, ValueError) as e:  # out of device memory at large batches
                     print(f"{size:<7}{dtype:<6}{kv:<5}{batch:>6}  failed: {e}", flush=True)
                     continue

@@ -29,6 +29,14 @@ class AudioError(ValueError):
     """An audio file that cannot be used; the message names the file and what is wrong with it."""
 
 
+def to_pcm16(audio: np.ndarray) -> np.ndarray:
+    """`(C, N)` float -> `(N, C)` int16 exactly as upstream's FLAC writer (torchaudio 2.6's FFmpeg backend,
+    libswresample) converts: `clip_int16(lrintf(x * 32768))`, i.e. scale by 2^15, round half to even, saturate.
+    Clamping first changes nothing but is explicit."""
+    scaled = np.clip(audio.astype(np.float32), -1.0, 1.0) * np.float32(32768)
+    return np.clip(np.rint(scaled), -32768, 32767).astype(np.int16).T
+
+
 def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     """`(C, N)` float32 samples in [-1, 1] and the sample rate of an audio file.
 
@@ -121,9 +129,3 @@ def prompt_window(x: np.ndarray, sr: int, seconds: float = PROMPT_SECONDS) -> np
     """`(2, <= seconds*48k)` float32 at 48 kHz: resample the whole signal, then keep its beginning (upstream order)."""
     wav = resample(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), sr, SAMPLE_RATE)
     return to_stereo(wav[:, : int(seconds * SAMPLE_RATE)].numpy())
-
-
-def load_prompt_audio(path: str | Path, seconds: float = PROMPT_SECONDS) -> np.ndarray:
-    """A prompt file as upstream's `Separator.load_audio` sees it, made stereo: `(2, N)` float32 @48 kHz."""
-    x, sr = read_audio(path)
-    return prompt_window(x, sr, seconds)

@@ -12,15 +12,17 @@ from pathlib import Path
 
 from .runtime import RuntimePaths
 
-NOT_LM_SETTINGS = {"ckpt_dir", "runtime", "gen_type", "batch_size", "checkpoint_every", "decoder_batch",
+NOT_LM_SETTINGS = {"ckpt_dir", "runtime", "batch_size", "checkpoint_every", "decoder_batch",
                    "decoder_compile", "device", "temperature", "top_k", "cfg_coef", "greedy", "max_duration",
                    "lm_dtype"}
 """Settings that never change a song's tokens, or enter the provenance recipe resolved (the checkpoint by content,
-sampling and duration with their defaults filled in, gen_type per song). Every other field of
+sampling and duration with their defaults filled in). Every other field of
 `GenerationSettings`, including any added later, is part of the recipe by default."""
 
 UPSTREAM_LOW_MEM_SAMPLING = {"temperature": 0.9, "top_k": 50}
 """Upstream's low-memory path samples differently from its default (SamplingParams' defaults)."""
+LOW_MEM_DECODER_BATCH = 1
+"""Upstream's low-memory path decodes one window at a time, whatever --decoder-batch says."""
 KV_CACHE_BITS = {"bf16": None, "int8": 8}
 """`--kv-cache` choices: the model's own precision, or 8-bit caches (see `levo_batch.lm.cache`)."""
 
@@ -29,7 +31,6 @@ KV_CACHE_BITS = {"bf16": None, "int8": 8}
 class GenerationSettings:
     ckpt_dir: Path
     runtime: RuntimePaths
-    gen_type: str = "mixed"
     low_mem: bool = False
     batch_size: int | None = None
     kv_cache: str = "bf16"
@@ -44,6 +45,9 @@ class GenerationSettings:
     lm_dtype: str | None = None
     decoder_compile: bool = False
     lm_version: str | None = None
+
+    def decoder_batch_size(self) -> int:
+        return LOW_MEM_DECODER_BATCH if self.low_mem else self.decoder_batch
 
     def lm_load_dtype(self) -> str | None:
         """bf16 on an MLX GPU, the precision the fused CUDA decode attention reads (fp16, upstream's and
@@ -99,7 +103,7 @@ class DefaultStages:
         files = {a.what: f"{a.path.name}:{a.path.stat().st_size}" for a in
                  runtime_assets(s.runtime, Needs(decoder=True), None) if a.needed and a.present}
         out = {"decoder": {"files": files, "low_mem": s.low_mem, "device": s.device or "auto",
-                           "compile": s.decoder_compile, "batch": 1 if s.low_mem else s.decoder_batch}}
+                           "compile": s.decoder_compile, "batch": s.decoder_batch_size()}}
         if lm:
             from .lm.loading import model_id
 
@@ -147,5 +151,5 @@ class DefaultStages:
             import mlx.core as mx
 
             mx.clear_cache()
-        return SepTokenDecoder.load(s.runtime, device=s.device, batch_size=1 if s.low_mem else s.decoder_batch,
+        return SepTokenDecoder.load(s.runtime, device=s.device, batch_size=s.decoder_batch_size(),
                                     prompt_on_stems=not s.low_mem, compile=s.decoder_compile)

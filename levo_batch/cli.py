@@ -7,23 +7,32 @@ import os
 import sys
 from pathlib import Path
 
+from .backends import KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING, GenerationSettings
 from .evaluate.cli import add_evaluate
-from .lm.config import LM_VERSIONS
+from .gen_types import FLAG_ORDER, GEN_TYPES
+from .lm.config import LM_VERSIONS, LMConfig
+from .lm.sampling import SamplingParams
 from .lowmem import LOW_MEM_THRESHOLDS_GIB
-from .stages import GEN_TYPES
 
 EXIT_FAILED_SONGS = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
-UPSTREAM_FLAGS = """\
+DEFAULTS = GenerationSettings
+"""The settings' defaults are the flags' defaults (read as class attributes)."""
+
+_LOW_MEM_SAMPLING = "temperature {temperature}, top-k {top_k}".format(**UPSTREAM_LOW_MEM_SAMPLING)
+_PRECEDENCE = " beats ".join(f"--{flag}" for flag in reversed(FLAG_ORDER))
+_LOW_MEM_DECODE = f"prompt audio only on the mixed decode, decoder batch {LOW_MEM_DECODER_BATCH}"
+
+UPSTREAM_FLAGS = f"""\
 upstream generate.sh flags (accepted anywhere after the three positionals):
-  --separate            also write {idx}_vocal.flac and {idx}_bgm.flac beside the mixed {idx}.flac
+  --separate            also write {{idx}}_vocal.flac and {{idx}}_bgm.flac beside the mixed {{idx}}.flac
   --bgm                 accompaniment only (LM told [Pure-Music], vocal row replaced at decoding)
   --vocal               vocals only (bgm row replaced at decoding)
-                        several given: like upstream, --vocal beats --bgm beats --separate
-  --low_mem             force upstream's low-memory mode: its sampling (temperature 0.9, top-k 50),
-                        prompt audio only on the mixed decode, decoder batch 1, LM freed before decoding.
+                        several given: like upstream, {_PRECEDENCE}
+  --low_mem             force upstream's low-memory mode: its sampling ({_LOW_MEM_SAMPLING}),
+                        {_LOW_MEM_DECODE}, LM freed before decoding.
                         Without it the mode is chosen as upstream does (see --no-low-mem)
   --not_use_flash_attn  accepted for compatibility; a no-op (MLX and PyTorch pick their own
                         fused attention kernels on every backend)
@@ -31,9 +40,9 @@ upstream generate.sh flags (accepted anywhere after the three positionals):
 
 
 def gen_type_of(args: argparse.Namespace) -> str:
-    """Upstream's generate.sh checks the flags in this order, so the last match wins regardless of position."""
+    """As upstream's generate.sh: the last flag of `FLAG_ORDER` given wins, whatever its position."""
     gen_type = "mixed"
-    for flag in ("separate", "bgm", "vocal"):
+    for flag in FLAG_ORDER:
         if getattr(args, flag):
             gen_type = flag
     return gen_type
@@ -63,7 +72,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input_jsonl", type=Path, help="jobs: one JSON object per line (idx, gt_lyric, "
                    "descriptions, prompt_audio_path, auto_prompt_audio_type)")
     p.add_argument("save_dir", help="output folder: audios/, jsonl/, tokens/")
-    for flag in ("separate", "bgm", "vocal"):
+    for flag in FLAG_ORDER:
         p.add_argument(f"--{flag}", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--low_mem", dest="low_mem", action="store_const", const="on", default="auto",
                    help=argparse.SUPPRESS)
@@ -72,15 +81,17 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seed", type=int, default=0,
                    help="run seed (default 0); each song's seed is derived from it and its idx, so a song "
                         "renders the same whatever else is in the file")
-    g.add_argument("--batch-size", type=batch_size_arg, default=None, metavar="N|auto",
+    g.add_argument("--batch-size", type=batch_size_arg, default=DEFAULTS.batch_size, metavar="N|auto",
                    help="songs generated at once by the LM (default auto: as many as free device memory holds "
                         "for the KV caches, at most 64; 8 on the CPU)")
-    g.add_argument("--kv-cache", choices=("bf16", "int8"), default="bf16",
-                   help="LM attention cache precision (default bf16, faithful to upstream); int8 halves its "
+    g.add_argument("--kv-cache", choices=tuple(KV_CACHE_BITS), default=DEFAULTS.kv_cache,
+                   help=f"LM attention cache precision (default {DEFAULTS.kv_cache}, faithful to upstream); int8 "
+                        "halves its "
                         "memory and the bytes read per step (about twice the songs per batch, faster at large "
                         "batches) at a small logit error")
-    g.add_argument("--decoder-batch", type=int, default=4,
-                   help="decoder windows processed at once (default 4; 1 with --low_mem)")
+    g.add_argument("--decoder-batch", type=int, default=DEFAULTS.decoder_batch,
+                   help=f"decoder windows processed at once (default {DEFAULTS.decoder_batch}; "
+                        f"{LOW_MEM_DECODER_BATCH} with --low_mem)")
     g.add_argument("--no-low-mem", dest="low_mem", action="store_const", const="off",
                    help="never use the low-memory mode. Default: automatic like upstream, low-memory when the "
                         "CUDA card has at most its checkpoint folder's threshold ("
@@ -93,12 +104,14 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="text conventions of the checkpoint (default: upstream's rule, v1 for folders named "
                         "songgeneration_base, _base_new, _base_full, _large, v2 otherwise; conversions "
                         "record theirs)")
-    g.add_argument("--temperature", type=float, default=None, help="sampling temperature (default 0.8)")
-    g.add_argument("--top-k", type=int, default=None, help="top-k of codebook 0 (default 5000)")
-    g.add_argument("--cfg-coef", type=float, default=None, help="classifier-free guidance (default 1.5)")
+    g.add_argument("--temperature", type=float, default=None,
+                   help=f"sampling temperature (default {SamplingParams.temperature})")
+    g.add_argument("--top-k", type=int, default=None, help=f"top-k of codebook 0 (default {SamplingParams.top_k})")
+    g.add_argument("--cfg-coef", type=float, default=None,
+                   help=f"classifier-free guidance (default {LMConfig.cfg_coef}, or the checkpoint's own)")
     g.add_argument("--greedy", action="store_true", help="argmax instead of sampling (debugging, tests)")
-    g.add_argument("--checkpoint-every", type=int, default=100,
-                   help="LM steps between mid-song checkpoints (default 100)")
+    g.add_argument("--checkpoint-every", type=int, default=DEFAULTS.checkpoint_every,
+                   help=f"LM steps between mid-song checkpoints (default {DEFAULTS.checkpoint_every})")
     g.add_argument("--tokens-only", action="store_true", help="stop after the LM phase")
     g.add_argument("--decode-only", action="store_true", help="only decode tokens already in SAVE_DIR/tokens")
     g.add_argument("--overwrite", action="store_true",
@@ -139,7 +152,7 @@ def add_shard_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .backends import DefaultStages, GenerationSettings
+    from .backends import DefaultStages
     from .errors import LevoError
     from .jobs import JobsError
     from .lowmem import memory_mode
@@ -168,12 +181,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
         return EXIT_USAGE
-    gen_type = gen_type_of(args)
-    opts = RunOptions(args.input_jsonl, Path(args.save_dir), gen_type, args.seed, args.tokens_only,
-                      args.decode_only, args.overwrite, args.dry_run, args.strict,
+    opts = RunOptions(input_path=args.input_jsonl, save_dir=Path(args.save_dir), gen_type=gen_type_of(args),
+                      seed=args.seed, tokens_only=args.tokens_only, decode_only=args.decode_only,
+                      overwrite=args.overwrite, dry_run=args.dry_run, strict=args.strict,
                       save_dir_text=args.save_dir, shard=shard, banner=tuple(banner))
     settings = GenerationSettings(
-        ckpt_dir=args.ckpt_dir, runtime=RuntimePaths.resolve(args.runtime_dir), gen_type=gen_type,
+        ckpt_dir=args.ckpt_dir, runtime=RuntimePaths.resolve(args.runtime_dir),
         low_mem=memory.low_mem, batch_size=args.batch_size, kv_cache=args.kv_cache,
         decoder_batch=args.decoder_batch, max_duration=args.max_duration, temperature=args.temperature,
         top_k=args.top_k, cfg_coef=args.cfg_coef, greedy=args.greedy, checkpoint_every=args.checkpoint_every,
@@ -188,7 +201,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         log(f"error: {exc}")
         return EXIT_USAGE
     except OSError as exc:
-        from .store import STORAGE_ERRNOS, storage_message
+        from .atomic import STORAGE_ERRNOS, storage_message
 
         if exc.errno not in STORAGE_ERRNOS:
             raise
@@ -213,14 +226,13 @@ def add_merge(sub: argparse._SubParsersAction) -> None:
                                    "finish does this by itself; run it by hand after a shard was lost or killed.")
     p.add_argument("save_dir", help="the SAVE_DIR every shard wrote to (as typed: it makes wav_path)")
     p.add_argument("input_jsonl", type=Path, help="the jsonl the shards rendered")
-    for flag in ("separate", "bgm", "vocal"):
+    for flag in FLAG_ORDER:
         p.add_argument(f"--{flag}", action="store_true", help=f"the shards ran with --{flag}")
     p.set_defaults(func=cmd_merge)
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from .jobs import JobsError, load_jobs
-    from .pipeline import stems_for
     from .outputs import output_jsonl_path
     from .progress import log, setup_logging
     from .results import assemble
@@ -236,7 +248,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     running = [shard.label for shard, _ in live_shards(save_dir)]
     if running:
         log(f"warning: shards still running ({', '.join(running)}): the jsonl lists only the songs finished so far")
-    found = assemble(jobs, save_dir, args.input_jsonl, args.save_dir, stems_for(gen_type_of(args)))
+    found = assemble(jobs, save_dir, args.input_jsonl, args.save_dir, GEN_TYPES[gen_type_of(args)].stems)
     log(f"{found} of {len(jobs)} songs finished; wrote {output_jsonl_path(save_dir, args.input_jsonl)}"
         if found else f"0 of {len(jobs)} songs finished; nothing written")
     return 0

@@ -14,8 +14,9 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from .atomic import atomic_write
 from .errors import LevoError
-from .store import atomic_write, file_sha256
+from .store import file_sha256
 
 AUTO_PROMPT_URL = "https://media.githubusercontent.com/media/tencent-ailab/SongGeneration/main/tools/new_auto_prompt.pt"
 AUTO_PROMPT_SHA256 = "616dbe27c99ac8ce7447423b6baa102f8c19d35e35d9020f32ad27e9a52134e7"

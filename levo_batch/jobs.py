@@ -22,6 +22,7 @@ import soundfile
 from .audio_formats import UndecodableAudio
 from .audio_formats import has_samples as ffmpeg_has_samples
 from .errors import LevoError
+from .gen_types import GEN_TYPES
 from .text import AUTO_PROMPT_TYPES, lyric_issues
 
 FIELDS = ("idx", "gt_lyric", "descriptions", "prompt_audio_path", "auto_prompt_audio_type")
@@ -30,7 +31,6 @@ FIELDS = ("idx", "gt_lyric", "descriptions", "prompt_audio_path", "auto_prompt_a
 MAX_IDX_BYTES = 200
 """Leaves room for `_vocal.flac` within the 255-byte file name limit of common file systems."""
 
-_STEM_SUFFIXES = ("_vocal", "_bgm")
 _WINDOWS_FORBIDDEN = '<>:"|?*'
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 _LYRIC_EXAMPLE = "[intro-short] ; [verse] first line.second line ; [chorus] ... ; [outro-short]"
@@ -84,7 +84,7 @@ def load_jobs(path: Path, *, strict: bool = False, cwd: Path | None = None,
     Raises JobsError listing every problem if any line has an error (or a warning, with `strict`). Relative
     `prompt_audio_path`s are looked up next to the jsonl first, then in `cwd` (default: the working directory),
     so a jsonl keeps working when run from elsewhere while upstream-style cwd-relative paths still resolve.
-    With `gen_type` "separate", an idx that names another song's stem file is an error. Never writes anything.
+    An idx that names another song's stem file of `gen_type` (--separate) is an error. Never writes anything.
     """
     path = Path(path)
     search_dirs = _unique([path.absolute().parent, Path(cwd or os.getcwd()).absolute()])
@@ -101,7 +101,7 @@ def load_jobs(path: Path, *, strict: bool = False, cwd: Path | None = None,
             jobs.append(job)
     if not first_line and not problems:
         problems.append(Problem(path, 0, "file", "contains no jobs; write one JSON object per line"))
-    problems += _name_clashes(path, first_line, separate=gen_type == "separate")
+    problems += _name_clashes(path, first_line, gen_type=gen_type)
     problems.sort(key=lambda p: p.line)
     if any(p.severity == "error" or strict for p in problems):
         raise JobsError(problems, strict=strict)
@@ -300,8 +300,9 @@ def _check_unknown_keys(item: dict, at: _Line) -> None:
             at.warning(key, f"unknown key, passed through unchanged; did you mean {close[0]!r}?")
 
 
-def _name_clashes(path: Path, first_line: dict[str, int], *, separate: bool) -> list[Problem]:
-    """Distinct idx values whose output files collide on some systems (warning) or with --separate (error)."""
+def _name_clashes(path: Path, first_line: dict[str, int], *, gen_type: str) -> list[Problem]:
+    """Distinct idx values whose output files collide on some systems (warning) or through the stem files of
+    `gen_type` (error)."""
     problems = []
     by_folded: dict[str, str] = {}
     for idx, line in first_line.items():
@@ -310,12 +311,12 @@ def _name_clashes(path: Path, first_line: dict[str, int], *, separate: bool) -> 
             problems.append(Problem(path, line, "idx", (
                 f"{idx!r} differs from {other!r} (line {first_line[other]}) only in letter case; on macOS and "
                 f"Windows their audio files overwrite each other: rename one"), "warning"))
-        for suffix in _STEM_SUFFIXES if separate else ():
+        for suffix in GEN_TYPES[gen_type].extra_suffixes:
             base = idx.removesuffix(suffix)
             if base != idx and base in first_line:
                 problems.append(Problem(path, line, "idx", (
-                    f"with --separate, the {suffix[1:]} stem of {base!r} (line {first_line[base]}) is also written to "
-                    f"audios/{idx}.flac and would overwrite this song: rename one")))
+                    f"with --{gen_type}, the {suffix[1:]} stem of {base!r} (line {first_line[base]}) is also "
+                    f"written to audios/{idx}.flac and would overwrite this song: rename one")))
     return problems
 
 

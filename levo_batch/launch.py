@@ -258,11 +258,11 @@ class Supervisor:
 
 def launch(args: argparse.Namespace, shard: Shard) -> int:
     """`generate --gpus`: validate the jsonl once, then one worker per GPU; the exit code of the worst worker."""
+    from .cli import gen_type_of
+    from .gen_types import GEN_TYPES
     from .jobs import JobsError, load_jobs
-    from .pipeline import stems_for
     from .progress import log
     from .results import assemble_if_last
-    from .cli import gen_type_of
 
     if os.environ.get(WORKER_ENV):
         log(f"error: --gpus inside a --gpus worker ({WORKER_ENV}={os.environ[WORKER_ENV]}); "
@@ -286,7 +286,7 @@ def launch(args: argparse.Namespace, shard: Shard) -> int:
                                                       for w in workers))
     if args.dry_run:
         return Supervisor(workers, Path(args.save_dir), (), True, progress=False).run()
-    stems = stems_for(gen_type_of(args))
+    stems = GEN_TYPES[gen_type_of(args)].stems
     code = Supervisor(workers, Path(args.save_dir), stems, args.tokens_only).run()
     if not args.tokens_only and code != 130:  # a worker killed before assembling leaves it to us
         assemble_if_last(jobs, Path(args.save_dir), args.input_jsonl, args.save_dir, stems)

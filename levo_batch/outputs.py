@@ -1,10 +1,9 @@
 """Upstream's output layout: `SAVE_DIR/audios/{idx}[_vocal|_bgm].flac` and `SAVE_DIR/jsonl/{input name}.jsonl`.
 
-Upstream saves with `torchaudio.save(path, wav, 48000)`. torchaudio 2.6 prefers its FFmpeg backend, which
-encodes FLAC as 16-bit PCM and converts float32 to int16 with libswresample: `clip_int16(lrintf(x * 32768))`,
-i.e. scale by 2^15, round half to even, saturate. We do that conversion ourselves in numpy and hand soundfile
-int16 samples, so libsndfile (which scales floats differently and may wrap out-of-range values) never
-converts anything and the files match upstream's sample for sample.
+Upstream saves with `torchaudio.save(path, wav, 48000)`, 16-bit FLAC through FFmpeg. We convert to int16
+ourselves exactly as FFmpeg does (`levo_batch.audio.to_pcm16`) and hand soundfile int16 samples, so libsndfile
+(which scales floats differently and may wrap out-of-range values) never converts anything and the files match
+upstream's sample for sample.
 """
 
 from __future__ import annotations
@@ -17,14 +16,10 @@ from typing import Iterable
 import numpy as np
 import soundfile as sf
 
-from levo_batch.stages import SAMPLE_RATE, STEM_SUFFIX
-from levo_batch.store import atomic_write_bytes
-
-
-def to_pcm16(audio: np.ndarray) -> np.ndarray:
-    """`(C, N)` float -> `(N, C)` int16 exactly as FFmpeg does it (clamping first changes nothing but is explicit)."""
-    scaled = np.clip(audio.astype(np.float32), -1.0, 1.0) * np.float32(32768)
-    return np.clip(np.rint(scaled), -32768, 32767).astype(np.int16).T
+from levo_batch.atomic import atomic_write_bytes
+from levo_batch.audio import to_pcm16
+from levo_batch.gen_types import STEM_SUFFIX
+from levo_batch.stages import SAMPLE_RATE
 
 
 def write_flac(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

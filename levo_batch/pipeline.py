@@ -15,7 +15,9 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from . import provenance
-from .errors import StorageError
+from .atomic import sweep_temp_files
+from .errors import PromptError, StorageError
+from .gen_types import GEN_TYPES
 from .interrupt import StopRequested, interruptible, stop_at_once
 from .jobs import Job, load_jobs
 from .outputs import audio_paths, is_done, output_jsonl_path, write_flac
@@ -31,7 +33,7 @@ from .stages import (
     TokenGenerator,
     song_seed,
 )
-from .store import Fingerprint, TokenStore, read_record, record_problem, sweep_temp_files
+from .store import Fingerprint, TokenStore, read_record, record_problem
 from .text import lm_texts
 
 
@@ -108,22 +110,13 @@ class Summary:
         return "\n".join(lines)
 
 
-def stems_for(gen_type: str) -> tuple[str, ...]:
-    return ("main", "vocal", "bgm") if gen_type == "separate" else ("main",)
-
-
-def lm_mode(gen_type: str) -> str:
-    """Only --bgm changes what the LM sees; vocal/separate/mixed share one token record."""
-    return "bgm" if gen_type == "bgm" else "song"
-
-
 def run(opts: RunOptions, stages: Stages) -> Summary:
     """Render every job of `opts.input_path`; raises before touching SAVE_DIR if anything cannot work."""
     started = time.monotonic()
     all_jobs, warnings = load_jobs(opts.input_path, strict=opts.strict, gen_type=opts.gen_type)
     jobs = opts.shard.select(all_jobs)
     summary = Summary()
-    stems = stems_for(opts.gen_type)
+    stems = GEN_TYPES[opts.gen_type].stems
     raise_if(save_dir_problems(opts.save_dir) + stages.check(not opts.decode_only))
     settings = stages.recipe(not opts.decode_only)
     recipes = {job.idx: provenance.song_recipe(job, opts.gen_type, opts.seed, settings) for job in jobs}
@@ -220,8 +213,6 @@ def planned_work(job: Job, opts: RunOptions, stems: tuple[str, ...]) -> str:
 
 def prepare_prompts(jobs: Sequence[Job], opts: RunOptions, stages: Stages, summary: Summary) -> dict[str, Prompt]:
     """Prompt tokens (LM) and audio (decoder); a bad prompt fails its own song only."""
-    from .prompts.errors import PromptError
-
     source = None
     prompts: dict[str, Prompt] = {}
     for job in jobs:
@@ -289,7 +280,7 @@ def lm_phase(jobs: Sequence[Job], prompts: dict[str, Prompt], opts: RunOptions, 
         prompt = prompts[job.idx]
         request = SongRequest(job.idx, *lm_texts(job.gt_lyric, job.descriptions, opts.gen_type, version),
                               prompt.tokens, song_seed(opts.seed, job.idx))
-        fp = token_fingerprint(generator_fp, request, lm_mode(opts.gen_type))
+        fp = token_fingerprint(generator_fp, request, GEN_TYPES[opts.gen_type].lm_mode)
         if opts.overwrite:
             store.remove(job.idx)
         elif store.load(job.idx, fp) is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from .errors import LevoError
+from .errors import LevoError, first_few
 
 if TYPE_CHECKING:
     from .backends import GenerationSettings
@@ -111,6 +111,6 @@ def decode_only_problems(jobs: Sequence["Job"], tokens_dir: Path) -> list[str]:
     missing = [j.idx for j in jobs if not (tokens_dir / f"{j.idx}.npz").is_file()]
     if not missing:
         return []
-    shown = ", ".join(missing[:10]) + (f", ... ({len(missing) - 10} more)" if len(missing) > 10 else "")
-    return [f"error: --decode-only: no finished tokens in {tokens_dir} for {len(missing)} song(s): {shown}; "
+    return [f"error: --decode-only: no finished tokens in {tokens_dir} for {len(missing)} song(s): "
+            f"{first_few(missing, 10)}; "
             f"run without --decode-only to generate them"]

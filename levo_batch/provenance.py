@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import orjson
 
-from .errors import LevoError
+from .atomic import atomic_write_bytes
+from .errors import LevoError, first_few
 from .outputs import audio_paths
 from .stages import song_seed
-from .store import atomic_write_bytes, canonical, differences, file_sha256, move_aside
+from .store import canonical, differences, file_sha256, move_aside
 
 if TYPE_CHECKING:
     from .jobs import Job
@@ -121,9 +122,8 @@ def set_aside_unreadable(save_dir: Path, idx: str) -> None:
 
 
 def strict_refusal(reasons: dict[str, str]) -> StaleOutputError:
-    shown = "; ".join(f"{idx}: {why}" for idx, why in list(reasons.items())[:5])
-    more = f"; ... ({len(reasons) - 5} more)" if len(reasons) > 5 else ""
+    shown = first_few([f"{idx}: {why}" for idx, why in reasons.items()], 5, sep="; ")
     return StaleOutputError(
         f"--strict: {len(reasons)} finished song(s) were rendered differently from what this run would render "
-        f"({shown}{more}). Rerun without --strict to re-render them, with --overwrite to redo everything, or "
+        f"({shown}). Rerun without --strict to re-render them, with --overwrite to redo everything, or "
         f"use another SAVE_DIR to keep both.")

@@ -13,19 +13,19 @@ from typing import Iterator, Protocol, Sequence
 
 import numpy as np
 
-GEN_TYPES = ("mixed", "bgm", "vocal", "separate")
-"""Upstream's generation types. The LM sees only mixed/bgm (vocal and separate condition it like mixed)."""
-
 SAMPLE_RATE = 48000
 FRAME_RATE = 25
-EOS_ID = 16384
-SPECIAL_ID = 16385
+
+
+def derive_seed(*parts: object) -> int:
+    """A non-negative 63-bit seed from sha256 of the parts joined by ":": the same on every platform and run."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def song_seed(base_seed: int, idx: str) -> int:
     """Per-song seed from the run seed and the idx alone, so a song never depends on its batch mates."""
-    digest = hashlib.sha256(f"{base_seed}:{idx}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+    return derive_seed(base_seed, idx)
 
 
 @dataclass
@@ -79,17 +79,14 @@ class PromptAudio:
 
 @dataclass
 class DecodeRequest:
-    """One song for the decoder phase. `tokens` is the LM's `[3, T]` output (row 0 is never decoded)."""
+    """One song for the decoder phase. `tokens` is the LM's `[3, T]` output (row 0 is never decoded);
+    `gen_type` is a key of `levo_batch.gen_types.GEN_TYPES`."""
 
     idx: str
     tokens: np.ndarray
     gen_type: str
     seed: int
     prompt_audio: PromptAudio | None = None
-
-
-STEM_SUFFIX = {"main": "", "vocal": "_vocal", "bgm": "_bgm"}
-"""Decoded stem name -> file suffix: `{idx}.flac`, `{idx}_vocal.flac`, `{idx}_bgm.flac`."""
 
 
 class AudioDecoder(Protocol):
@@ -101,10 +98,8 @@ class AudioDecoder(Protocol):
         """What determines the audio besides the request."""
 
     def decode(self, songs: Sequence[DecodeRequest]) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
-        """Yield `(idx, stems)` as songs complete; stems map `STEM_SUFFIX` keys to `(2, N)` float32 audio.
-
-        mixed/bgm/vocal give `{"main": ...}`; separate gives `main`, `vocal` and `bgm`.
-        """
+        """Yield `(idx, stems)` as songs complete: the stems of the song's generation type
+        (`levo_batch.gen_types`), each `(2, N)` float32 audio."""
 
 
 @dataclass

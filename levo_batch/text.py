@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import re
 
-from .stages import GEN_TYPES
+from .gen_types import GEN_TYPES
 
 STRUCTURE_TAGS = (
     "[verse]",
@@ -85,10 +85,11 @@ def lm_texts(gt_lyric: str, descriptions: str | None, gen_type: str,
     """
     if gen_type not in GEN_TYPES:
         raise ValueError(f"unknown gen_type {gen_type!r}; expected one of {', '.join(GEN_TYPES)}")
+    bgm = GEN_TYPES[gen_type].lm_mode == "bgm"
     if version == "v1":
-        lyrics = _BGM_LYRICS if gen_type == "bgm" else gt_lyric.replace("  ", " ")
+        lyrics = _BGM_LYRICS if bgm else gt_lyric.replace("  ", " ")
         return lyrics, descriptions.lower() if descriptions is not None else None
-    if gen_type == "bgm":
+    if bgm:
         if descriptions is None:
             return _BGM_LYRICS, "."
         return _BGM_LYRICS, f"{_MUSICALITY}, {_PURE_MUSIC}, {descriptions.lower()}"

@@ -16,15 +16,6 @@ def torch_device(name: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """Half precision on accelerators (upstream decodes under fp16 autocast), float32 on CPU."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    return torch.float32
-
-
 def fold_weight_norm(weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Tensor:
     """Plain weight from legacy `torch.nn.utils.weight_norm` (dim=0) parameters `g * v / ||v||`.
 

@@ -1,9 +1,17 @@
-"""Write compressed audio files the way real prompt clips come (AAC in an MP4 container), with PyAV."""
+"""Audio files for tests: write them the way real prompt clips come (AAC in an MP4 container, with PyAV), and
+read a prompt file the way the prompt preparer does."""
 
 from pathlib import Path
 
 import av
 import numpy as np
+
+from levo_batch.audio import prompt_window, read_audio
+
+
+def load_prompt_audio(path: str | Path) -> np.ndarray:
+    """A prompt file as upstream's `Separator.load_audio` sees it, made stereo: `(2, N)` float32 @48 kHz."""
+    return prompt_window(*read_audio(path))
 
 FRAME = 1024
 """AAC frame size: the encoder takes 1024 samples per frame."""

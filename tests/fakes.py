@@ -9,7 +9,11 @@ from typing import Sequence
 
 import numpy as np
 
+from levo_batch.gen_types import GEN_TYPES
 from levo_batch.stages import DecodeRequest, Prompt, PromptAudio, SongRequest, TokenSink
+
+STEM_GAIN = {"main": 1.0, "vocal": 0.5, "bgm": 0.25}
+"""FakeDecoder's stems: the main tone scaled, so each stem file differs."""
 
 
 def _song_codes(seed: int, lyrics: str, length: int) -> np.ndarray:
@@ -76,10 +80,7 @@ class FakeDecoder:
             t = np.arange(freq.size) / self.sample_rate
             tone = (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
             main = np.stack([tone, tone])
-            if song.gen_type == "separate":
-                yield song.idx, {"main": main, "vocal": 0.5 * main, "bgm": 0.25 * main}
-            else:
-                yield song.idx, {"main": main}
+            yield song.idx, {stem: STEM_GAIN[stem] * main for stem in GEN_TYPES[song.gen_type].stems}
 
 
 class FakePrompts:
@@ -93,7 +94,7 @@ class FakePrompts:
         self.released = True
 
     def prepare(self, job, seed: int) -> Prompt:
-        from levo_batch.prompts.errors import PromptError
+        from levo_batch.errors import PromptError
 
         if job.idx in self.fail:
             raise PromptError(f"{job.prompt_audio_path}: prompt audio is silent")

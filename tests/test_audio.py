@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from audio_files import FRAME, write_m4a
+from audio_files import FRAME, load_prompt_audio, write_m4a
 
 from levo_batch.audio import (
     AudioError,
     apply_resample_kernel,
-    load_prompt_audio,
     prompt_window,
     read_audio,
     resample,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from levo_batch.errors import PromptError
 from levo_batch.prompts.autoprompt import AutoPromptError, AutoPromptLibrary
-from levo_batch.prompts.errors import PromptError
 
 GENRES = ("Pop", "R&B/Soul", "Auto")
 EN_LYRIC = "[verse] hello there my old friend ; [chorus] sing it loud"

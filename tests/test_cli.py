@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from levo_batch.cli import build_parser, gen_type_of, main
+from levo_batch.lm.config import LMConfig
+from levo_batch.lm.sampling import SamplingParams
 
 REPO = Path(__file__).resolve().parents[1]
 LYRIC = "[intro-short] ; [verse] Hello there.Small song ; [outro-short]"
@@ -263,3 +265,15 @@ def test_save_dir_that_is_a_file_exits_2(tiny, tmp_path, capsys):
     assert generate(tiny, target) == 2
     assert messages(capsys.readouterr().err) == [
         f"error: SAVE_DIR {target} is a file, not a folder; pass a folder path (it is created if missing)"]
+
+
+def test_readme_option_table_states_the_parser_defaults():
+    """README's table restates the defaults for readers; the parser (reading `GenerationSettings` and
+    `SamplingParams`) is the source, so the table must follow it."""
+    cell = r"(?:[^|\\]|\\.)+"  # a table cell; `\|` is an escaped pipe inside it
+    rows = re.findall(rf"^\| `(--[a-z-]+){cell}\| ({cell}) \|", (REPO / "README.md").read_text(), re.M)
+    table = {flag: default.strip() for flag, default in rows}
+    generate = build_parser().parse_args(["generate", "ck", "in.jsonl", "out"])
+    for flag in ("--seed", "--kv-cache", "--decoder-batch", "--checkpoint-every"):
+        assert table[flag] == str(getattr(generate, flag[2:].replace("-", "_"))), flag
+    assert table["--temperature"] == f"{SamplingParams.temperature}, {SamplingParams.top_k}, {LMConfig.cfg_coef}"

@@ -10,14 +10,11 @@ from safetensors.torch import load_file, save_file
 
 import levo_batch.decoder.septoken as septoken_module
 from levo_batch.decoder.septoken import SepTokenDecoder
+from levo_batch.gen_types import GEN_TYPES
 from levo_batch.runtime import RuntimePaths
 from levo_batch.stages import DecodeRequest, PromptAudio
 
 TINY = {"n_layer": 2, "n_head": 4, "n_embd": 216, "n_inner": 432}
-CASE_GEN_TYPE = {"mixed_4s": "mixed", "bgm_3s": "bgm", "vocal_2s": "vocal", "separate_2s28": "separate",
-                 "long_40s12": "mixed", "dur4_10s04": "mixed", "prompt_mixed_3s": "mixed"}
-SEPARATE_PREFIX = {"vocal": "d0_", "bgm": "d1_", "main": "d2_"}
-KIND_STEM = {"vocal": "vocal", "bgm": "bgm", "mixed": "main"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -57,11 +54,23 @@ def load_case(fixtures, name):
     return np.load(fixtures / "decoder_tiny" / f"case_{name}.npz")
 
 
-def inject_recorded_noise(monkeypatch, case, gen_type):
+def recorded_decodes(fixtures, name) -> dict[str, str]:
+    """Decode kind -> prefix of its arrays in the case file, in decode order (the case's entry in config.json)."""
+    meta = json.loads((fixtures / "decoder_tiny" / "config.json").read_text())
+    case = next(c for c in meta["cases"] if c["name"] == name)
+    return {d["gen_type"]: d["prefix"] for d in case["decodes"]}
+
+
+def gen_type_of(prefixes: dict[str, str]) -> str:
+    """The generation type whose decodes are the recorded ones."""
+    return next(t.name for t in GEN_TYPES.values() if [kind for _, kind in t.decodes] == list(prefixes))
+
+
+def inject_recorded_noise(monkeypatch, case, prefixes: dict[str, str]):
     """Replace the seeded noise by the draws upstream recorded, keyed like the decoder asks for them."""
     def recorded(seed, key, shape):
         kind, what = key.split("/")
-        prefix = SEPARATE_PREFIX[KIND_STEM[kind]] if gen_type == "separate" else "d0_"
+        prefix = prefixes[kind]
         name = f"{prefix}vae_bottleneck_noise" if what == "prompt" else f"{prefix}chunk{what[6:]}_noise_init"
         array = torch.from_numpy(case[name])
         return array[0] if name.endswith("noise_init") else array
@@ -77,11 +86,11 @@ def decode_one(decoder, request):
 
 @pytest.mark.parametrize("name", ["mixed_4s", "bgm_3s", "vocal_2s", "separate_2s28"])
 def test_waveforms_match_upstream(fixtures, decoder, monkeypatch, name):
-    case = load_case(fixtures, name)
-    gen_type = CASE_GEN_TYPE[name]
-    inject_recorded_noise(monkeypatch, case, gen_type)
+    case, prefixes = load_case(fixtures, name), recorded_decodes(fixtures, name)
+    gen_type = gen_type_of(prefixes)
+    inject_recorded_noise(monkeypatch, case, prefixes)
     stems = decode_one(decoder, DecodeRequest(name, case["tokens"][0], gen_type, seed=0))
-    expected = SEPARATE_PREFIX if gen_type == "separate" else {"main": "d0_"}
+    expected = {stem: prefixes[kind] for stem, kind in GEN_TYPES[gen_type].decodes}
     assert set(stems) == set(expected)
     for stem, prefix in expected.items():
         ref = case[f"{prefix}wav"]
@@ -91,7 +100,7 @@ def test_waveforms_match_upstream(fixtures, decoder, monkeypatch, name):
 
 def test_long_song_two_windows_crossfaded(fixtures, decoder, monkeypatch):
     case = load_case(fixtures, "long_40s12")
-    inject_recorded_noise(monkeypatch, case, "mixed")
+    inject_recorded_noise(monkeypatch, case, recorded_decodes(fixtures, "long_40s12"))
     wav = decode_one(decoder, DecodeRequest("long", case["tokens"][0], "mixed", seed=0))["main"]
     assert wav.shape == (2, int(case["d0_wav_len"])) == (2, 1925759)
     head, tail = case["d0_wav_head"], case["d0_wav_tail"]
@@ -103,18 +112,18 @@ def test_long_song_two_windows_crossfaded(fixtures, decoder, monkeypatch):
 
 def test_non_default_window_duration(fixtures, runtime_4s, monkeypatch):
     case = load_case(fixtures, "dur4_10s04")
-    inject_recorded_noise(monkeypatch, case, "mixed")
-    decoder = SepTokenDecoder.load(runtime_4s, device="cpu")
+    inject_recorded_noise(monkeypatch, case, recorded_decodes(fixtures, "dur4_10s04"))
+    decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
     wav = decode_one(decoder, DecodeRequest("d4", case["tokens"][0], "mixed", seed=0))["main"]
     np.testing.assert_allclose(wav, case["d0_wav"], atol=1e-4, rtol=1e-4)
 
 
 def test_prompt_audio_conditions_first_window(fixtures, runtime, decoder, monkeypatch):
-    encoder_module = pytest.importorskip("levo_batch.prompts.septoken_encoder")
+    encoder_module = pytest.importorskip("levo_batch.codec.septoken_encoder")
     from levo_batch.decoder.vae import load_vae
 
     case = load_case(fixtures, "prompt_mixed_3s")
-    inject_recorded_noise(monkeypatch, case, "mixed")
+    inject_recorded_noise(monkeypatch, case, recorded_decodes(fixtures, "prompt_mixed_3s"))
     w2v2 = json.loads((fixtures / "decoder_tiny" / "w2v2_config_tiny.json").read_text())
 
     def prompt_models():
@@ -123,7 +132,7 @@ def test_prompt_audio_conditions_first_window(fixtures, runtime, decoder, monkey
         encoder = encoder_module.SepTokenEncoder.load(runtime.septoken, device="cpu", config=w2v2)
         return vae, encoder
 
-    prompted = SepTokenDecoder(decoder.flow, decoder.vae, prompt_models=prompt_models)
+    prompted = SepTokenDecoder(decoder.flow, decoder.vae, batch_size=4, prompt_models=prompt_models)
     prompt = PromptAudio(case["prompt_raw_vocal_wav"], case["prompt_raw_bgm_wav"])
     wav = decode_one(prompted, DecodeRequest("p", case["tokens"][0], "mixed", seed=0, prompt_audio=prompt))["main"]
     np.testing.assert_allclose(wav, case["d0_wav"], atol=1e-4, rtol=1e-4)
@@ -159,9 +168,10 @@ class StubPromptModels:
     (False, [(True, True)]),                               # generate_lowmem: mixed decode only
 ])
 def test_prompt_routing_for_separate(fixtures, runtime_4s, on_stems, expected):
-    loaded = SepTokenDecoder.load(runtime_4s, device="cpu")
+    loaded = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
     stub = StubPromptModels()
-    decoder = SepTokenDecoder(loaded.flow, loaded.vae, prompt_models=lambda: (stub, stub), prompt_on_stems=on_stems)
+    decoder = SepTokenDecoder(loaded.flow, loaded.vae, batch_size=4, prompt_models=lambda: (stub, stub),
+                              prompt_on_stems=on_stems)
     tokens = load_case(fixtures, "bgm_3s")["tokens"][0][:, :30]
     prompt = PromptAudio(np.ones((2, 96000), np.float32), np.ones((2, 96000), np.float32))
     stems = decode_one(decoder, DecodeRequest("s", tokens, "separate", seed=0, prompt_audio=prompt))
@@ -208,26 +218,26 @@ def test_missing_tensor_names_file_and_key(tmp_path, fixtures):
     del tensors["cfm_wrapper.estimator.h.1.mlp.c_fc.weight"]
     save_file(tensors, str(runtime.septoken))
     with pytest.raises(KeyError, match=r"model_2.safetensors lacks 1 tensor.*h\.1\.mlp\.c_fc\.weight"):
-        SepTokenDecoder.load(runtime, device="cpu")
+        SepTokenDecoder.load(runtime, device="cpu", batch_size=4)
 
 
 def test_geometry_file_required_for_non_official_weights(tmp_path, fixtures):
     runtime = make_runtime(tmp_path, fixtures)
     (runtime.septoken.parent / "levo_decoder.json").unlink()
     with pytest.raises(ValueError, match="levo_decoder.json"):
-        SepTokenDecoder.load(runtime, device="cpu")
+        SepTokenDecoder.load(runtime, device="cpu", batch_size=4)
 
 
 def test_missing_runtime_file_points_to_download(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"septoken decoder weights not found.*levo-batch download"):
-        SepTokenDecoder.load(RuntimePaths(tmp_path), device="cpu")
+        SepTokenDecoder.load(RuntimePaths(tmp_path), device="cpu", batch_size=4)
 
 
 def test_half_precision_checkpoint_loads(tmp_path, fixtures):
     runtime = make_runtime(tmp_path, fixtures)
     tensors = {k: (v.half() if v.is_floating_point() else v) for k, v in load_file(runtime.septoken).items()}
     save_file(tensors, str(runtime.septoken))
-    decoder = SepTokenDecoder.load(runtime, device="cpu")
+    decoder = SepTokenDecoder.load(runtime, device="cpu", batch_size=4)
     assert decoder.flow.estimator.wpe.dtype == torch.float32
     assert decoder.fingerprint()["dtype"] == "float32"
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from levo_batch.codec.weights import SafetensorsDict
 from levo_batch.decoder.estimator import DecoderConfig, Estimator
 from levo_batch.decoder.flow import FlowDecoder, LatentNorm, seeded_noise, solve_euler
-from levo_batch.decoder.weights import SafetensorsDict
 from levo_batch.decoder.windows import (SongWindows, WindowPlan, advance, crossfade_join, target_samples,
                                         tile_codes, vae_prefix, window_starts)
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from levo_batch.decoder.vq import SingleVQ
-from levo_batch.decoder.weights import SafetensorsDict
+from levo_batch.codec.vq import SingleVQ
+from levo_batch.codec.weights import SafetensorsDict
 
 STREAMS = [("vocal", "rvq_bestrq_emb."), ("bgm", "rvq_bestrq_bgm_emb.")]
 
@@ -32,7 +32,7 @@ def test_to_codes_matches_upstream_encode(septoken, unit, name, prefix):
 @pytest.mark.parametrize("name,prefix", STREAMS)
 def test_from_codes_matches_upstream_dequantisation(septoken, unit, name, prefix):
     vq = SingleVQ.from_state_dict(septoken, prefix)
-    feats = vq.from_codes(torch.from_numpy(unit[f"unit_sep_{name}_codes"][:, 0]))
+    feats = vq.embed(torch.from_numpy(unit[f"unit_sep_{name}_codes"][:, 0])).transpose(1, 2)
     assert feats.shape == (1, 32, 300) and vq.dim == 32
     np.testing.assert_allclose(feats.numpy(), unit[f"unit_sep_{name}_from_codes"], atol=1e-5, rtol=1e-4)
 
@@ -41,7 +41,7 @@ def test_window_embeddings_match_decoder_fixture(septoken, fixtures):
     case = np.load(fixtures / "decoder_tiny" / "case_mixed_4s.npz")
     for stream, prefix in [("vocal", "rvq_bestrq_emb."), ("bgm", "rvq_bestrq_bgm_emb.")]:
         vq = SingleVQ.from_state_dict(septoken, prefix)
-        feats = vq.from_codes(torch.from_numpy(case[f"d0_chunk0_codes_{stream}"][:, 0]))
+        feats = vq.embed(torch.from_numpy(case[f"d0_chunk0_codes_{stream}"][:, 0])).transpose(1, 2)
         np.testing.assert_allclose(feats.numpy(), case[f"d0_chunk0_emb_{stream}"], atol=1e-5, rtol=1e-4)
 
 
@@ -59,4 +59,4 @@ def test_half_precision_checkpoint_loads_and_casts(septoken):
     assert vq.codebook.dtype == torch.float32
     ref = SingleVQ.from_state_dict(septoken, "rvq_bestrq_emb.")
     codes = torch.arange(0, 16384, 97)[None]
-    np.testing.assert_allclose(vq.from_codes(codes).numpy(), ref.from_codes(codes).numpy(), atol=1e-2)
+    np.testing.assert_allclose(vq.embed(codes).numpy(), ref.embed(codes).numpy(), atol=1e-2)

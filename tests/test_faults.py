@@ -124,7 +124,7 @@ def test_permission_denied_while_writing_is_a_storage_error(tmp_path, monkeypatc
     import errno
     import os
 
-    from levo_batch.store import atomic_write_bytes
+    from levo_batch.atomic import atomic_write_bytes
 
     def denied(path, *args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))

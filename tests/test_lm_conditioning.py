@@ -11,7 +11,6 @@ import yaml
 from mlx.utils import tree_flatten
 
 from levo_batch.lm.conditioners import (
-    CondInputs,
     ConditionProvider,
     banned_prompt_ids,
     condition_inputs,
@@ -226,15 +225,6 @@ def test_banned_prompt_ids(cfg):
     prompt = np.array([[5, 3, 5, 16385, 16384, 7], [1, 1, 1, 1, 1, 1], [2, 2, 2, 2, 2, 2]])
     np.testing.assert_array_equal(banned_prompt_ids(prompt, cfg), [3, 5, 7])
     assert banned_prompt_ids(None, cfg).size == 0
-
-
-def test_stack_concatenates_songs(tok, cfg):
-    a = condition_inputs(tok, cfg, "[verse] a", ".", None)
-    b = condition_inputs(tok, cfg, "[chorus] b", ".", np.ones((1, 20), dtype=np.int64))
-    both = CondInputs.stack([a, b])
-    assert both.lyric_ids.shape == (4, 600) and both.prompt_codes.shape == (4, 3, 251)
-    np.testing.assert_array_equal(both.prompt_codes[2], b.prompt_codes[0])
-    np.testing.assert_array_equal(both.lyric_structure[:2], a.lyric_structure)
 
 
 def test_provider_parameters_are_upstream_keys(cfg, cases):

@@ -1,7 +1,7 @@
 """Generation against upstream's recorded runs (fixtures/lm_tiny), plus batching, seeding and resume guarantees."""
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 import numpy as np
@@ -12,15 +12,24 @@ from levo_batch.lm.batch import SongSlots
 from levo_batch.lm.conditioners import banned_prompt_ids
 from levo_batch.lm.generate import MLXTokenGenerator
 from levo_batch.lm.loading import load_lm
-from levo_batch.lm.pattern import build_pattern, cut_at_eos, revert_pattern
+from levo_batch.lm.pattern import cut_at_eos, num_columns, revert_pattern
 from levo_batch.lm.sampling import SamplingParams, choose, gumbel_noise, process_logits
 from levo_batch.lm.tokenizer import TextTokenizers
 from levo_batch.stages import SongRequest
 
 GREEDY = SamplingParams(greedy=True)
 SAMPLED = SamplingParams()
-FIXTURE_SECONDS = 2.4
-"""The recorded runs' duration: 60 frames, 310 pattern steps."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Length of the recorded runs, from the fixture's own metadata (cases.json "generation")."""
+
+    seconds: float
+    frames: int
+    steps: int
+    """LM steps of a song that runs to the end: every pattern column after the leading special one."""
+    columns: int
 
 
 class RecordingSink:
@@ -49,6 +58,13 @@ def tiny(fixtures, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def recorded(cases, tiny) -> Recorded:
+    frames = cases["generation"]["gen_len"]
+    columns = num_columns(frames, tiny.config.delays)
+    return Recorded(cases["generation"]["duration_s"], frames, columns - 1, columns)
+
+
+@pytest.fixture(scope="module")
 def tok(fixtures):
     return TextTokenizers.from_dir(fixtures / "qwen2_tokenizer")
 
@@ -70,18 +86,18 @@ def _generator(tiny, tok, sampling, cfg=None, **kw):
 
 def test_pattern_round_trip_and_eos_cut():
     codes = np.arange(12).reshape(3, 4)
-    seq = build_pattern(codes, (0, 2, 2), special=99)
-    assert seq.tolist() == [[99, 0, 1, 2, 3, 99, 99], [99, 99, 99, 4, 5, 6, 7], [99, 99, 99, 8, 9, 10, 11]]
+    seq = np.array([[99, 0, 1, 2, 3, 99, 99], [99, 99, 99, 4, 5, 6, 7], [99, 99, 99, 8, 9, 10, 11]])
+    assert seq.shape[1] == num_columns(4, (0, 2, 2))
     assert np.array_equal(revert_pattern(seq, 4, (0, 2, 2)), codes)
     codes[1, 2], codes[2, 1] = 50, 50
     assert np.array_equal(cut_at_eos(codes, 50), codes[:, :1])
     assert np.array_equal(cut_at_eos(codes, 77), codes)
 
 
-def test_slots_reproduce_upstream_greedy_runs(fixtures, tiny, cases):
+def test_slots_reproduce_upstream_greedy_runs(fixtures, tiny, cases, recorded):
     """All five jobs in one batch: written pattern, per-step argmax, processed logits, reverted and cut codes."""
     cfg, jobs = tiny.config, cases["jobs"]
-    slots = SongSlots(tiny.model, cfg, GREEDY, len(jobs), 60, keep_logits=True)
+    slots = SongSlots(tiny.model, cfg, GREEDY, len(jobs), recorded.frames, keep_logits=True)
     arrays = [_arrays(fixtures, j["name"]) for j in jobs]
     for b, a in enumerate(arrays):
         lyrics, desc = a["cond_description"], a["cond_type_info"]
@@ -105,7 +121,7 @@ def test_slots_reproduce_upstream_greedy_runs(fixtures, tiny, cases):
             if column in arrays[b]["greedy_logits_steps"]:
                 kept[b][column] = np.array(out.logits[b])
             if done[b]:
-                final[b] = np.array(out.seq[b, :, :311])
+                final[b] = np.array(out.seq[b, :, :recorded.columns])
                 slots.release(b)
     for b, (job, a) in enumerate(zip(jobs, arrays)):
         assert len(argmax[b]) == job["greedy"]["pattern_steps_run"]
@@ -117,34 +133,34 @@ def test_slots_reproduce_upstream_greedy_runs(fixtures, tiny, cases):
             finite = np.isfinite(want)
             np.testing.assert_allclose(got[finite], want[finite], atol=1e-4, rtol=0)
         assert np.array_equal(final[b], a["greedy_pattern_sequence"][0]), job["name"]
-        codes = revert_pattern(final[b], 60, cfg.delays)
+        codes = revert_pattern(final[b], recorded.frames, cfg.delays)
         assert np.array_equal(codes, a["greedy_codes"][0])
         assert np.array_equal(cut_at_eos(codes, cfg.eos_id), a["greedy_tokens"][0])
 
 
 @pytest.fixture(scope="module")
-def greedy_run(fixtures, tiny, tok, cases):
+def greedy_run(fixtures, tiny, tok, cases, recorded):
     """Every job through the generator in one batch (zh_fullprompt leaves it early), checkpoints every 100."""
-    gen = _generator(tiny, tok, GREEDY, batch_size=5, max_duration=FIXTURE_SECONDS, checkpoint_every=100)
+    gen = _generator(tiny, tok, GREEDY, batch_size=5, max_duration=recorded.seconds, checkpoint_every=100)
     sink = RecordingSink()
     gen.generate([_song(fixtures, j) for j in cases["jobs"]], sink)
     return gen, sink
 
 
-def test_generator_tokens_match_upstream(fixtures, cases, greedy_run):
+def test_generator_tokens_match_upstream(fixtures, cases, greedy_run, recorded):
     gen, sink = greedy_run
-    assert gen.max_steps() == 310
+    assert gen.max_steps() == recorded.steps
     assert gen.fingerprint()["sampling"]["cfg_coef"] == 1.5 and gen.fingerprint()["model"] == "lm_tiny"
     for job in cases["jobs"]:
         name = job["name"]
         assert sink.tokens[name].dtype == np.int64
         assert np.array_equal(sink.tokens[name], _arrays(fixtures, name)["greedy_tokens"][0]), name
         steps = job["greedy"]["pattern_steps_run"]
-        assert sink.steps[name] == [(s, 310) for s in range(1, steps + 1)]
+        assert sink.steps[name] == [(s, recorded.steps) for s in range(1, steps + 1)]
         assert [int(c["step"]) for c in sink.checkpoints[name]] == [s for s in (100, 200, 300) if s < steps]
 
 
-def test_resume_mid_song_gives_identical_tokens_greedy(fixtures, tiny, tok, cases, greedy_run):
+def test_resume_mid_song_gives_identical_tokens_greedy(fixtures, tiny, tok, cases, greedy_run, recorded):
     """zh_fullprompt resumed at 200 (codebook 0 already ended) and en_desc at 300, in one batch."""
     _, sink = greedy_run
     jobs = {j["name"]: j for j in cases["jobs"]}
@@ -152,10 +168,10 @@ def test_resume_mid_song_gives_identical_tokens_greedy(fixtures, tiny, tok, case
     assert zh["ended"].tolist() == [True, False, False] and zh["columns"].shape == (3, 201)
     songs = [_song(fixtures, jobs["zh_fullprompt"], resume=zh), _song(fixtures, jobs["en_desc_noprompt"], resume=en)]
     again = RecordingSink()
-    _generator(tiny, tok, GREEDY, batch_size=2, max_duration=FIXTURE_SECONDS).generate(songs, again)
+    _generator(tiny, tok, GREEDY, batch_size=2, max_duration=recorded.seconds).generate(songs, again)
     for name in ("zh_fullprompt", "en_desc_noprompt"):
         assert np.array_equal(again.tokens[name], sink.tokens[name]), name
-    assert again.steps["zh_fullprompt"][0] == (201, 310)
+    assert again.steps["zh_fullprompt"][0] == (201, recorded.steps)
 
 
 def test_sampled_run_replays_inside_upstream_choices(fixtures, tiny, cases):
@@ -268,12 +284,12 @@ def test_resumed_song_that_had_ended_finishes_without_decoding(tiny, tok):
     assert sink.steps == {}
 
 
-def test_invalid_prompt_is_refused_before_any_decoding(fixtures, tiny, tok, cases):
+def test_invalid_prompt_is_refused_before_any_decoding(fixtures, tiny, tok, cases, recorded):
     good = _song(fixtures, cases["jobs"][0])
     bad = replace(good, idx="bad", prompt_tokens=np.zeros((2, 10), dtype=np.int64))
     sink = RecordingSink()
     with pytest.raises(ValueError, match=r"song bad: prompt tokens must be \[1, n\]"):
-        _generator(tiny, tok, GREEDY, max_duration=FIXTURE_SECONDS).generate([good, bad], sink)
+        _generator(tiny, tok, GREEDY, max_duration=recorded.seconds).generate([good, bad], sink)
     assert sink.tokens == {} and sink.steps == {}
 
 

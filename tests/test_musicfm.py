@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from levo_batch.prompts.conformer import rotary_table
-from levo_batch.prompts.musicfm import CHECKPOINT_NAMES, MEL_MEAN, MEL_STD, MusicFM
 from levo_batch.audio import resample_kernel
-from levo_batch.prompts.septoken_encoder import (
+from levo_batch.codec.conformer import rotary_table
+from levo_batch.codec.musicfm import CHECKPOINT_NAMES, MEL_MEAN, MEL_STD, MusicFM
+from levo_batch.codec.septoken_encoder import (
     RESAMPLE_KEY, limit_peak, resample_48k_to_24k, tile_segments,
 )
 

@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from levo_batch.audio import to_pcm16
 from levo_batch.outputs import (
     audio_paths,
     is_done,
     output_item,
     output_jsonl_path,
-    to_pcm16,
     write_flac,
     write_output_jsonl,
 )

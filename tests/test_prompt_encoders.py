@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from levo_batch.decoder.weights import SafetensorsDict
-from levo_batch.prompts import septoken_encoder as se
-from levo_batch.prompts.septoken_encoder import RVQ1Encoder, SepTokenEncoder
+from levo_batch.codec import septoken_encoder as se
+from levo_batch.codec.septoken_encoder import RVQ1Encoder, SepTokenEncoder
+from levo_batch.codec.weights import SafetensorsDict
 
 SEP_FILE = ("decoder_tiny", "septoken_model.safetensors")
 RVQ1_FILE = ("encoder_tiny", "rvq1_model.safetensors")
@@ -71,7 +71,7 @@ def test_codebook_unit_cases(request, case, enc_name, unit, vq_index):
     np.testing.assert_allclose(z_e.numpy(), case[f"{unit}_z_e"], atol=1e-5, rtol=1e-5)
     codes = vq.to_codes(z)
     np.testing.assert_array_equal(codes.numpy(), case[f"{unit}_codes"][:, 0])
-    np.testing.assert_allclose(vq.from_codes(codes).numpy(), case[f"{unit}_z_q"], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(vq.embed(codes).transpose(1, 2).numpy(), case[f"{unit}_z_q"], atol=1e-5, rtol=1e-5)
 
 
 def test_output_length_and_tiling():

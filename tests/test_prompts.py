@@ -10,10 +10,11 @@ import torch
 
 pytest.importorskip("demucs")
 import tiny_runtime  # noqa: E402
+from audio_files import load_prompt_audio  # noqa: E402
 
-from levo_batch.audio import load_prompt_audio, resample  # noqa: E402
+from levo_batch.audio import resample  # noqa: E402
+from levo_batch.errors import PromptError  # noqa: E402
 from levo_batch.jobs import Job  # noqa: E402
-from levo_batch.prompts.errors import PromptError  # noqa: E402
 from levo_batch.prompts.prepare import PromptPreparer  # noqa: E402
 from levo_batch.prompts.separation import HTDEMUCS_HPARAMS  # noqa: E402
 from levo_batch.runtime import RuntimePaths  # noqa: E402

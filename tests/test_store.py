@@ -14,14 +14,25 @@ from levo_batch.store import (
     Fingerprint,
     StaleRecordError,
     TokenStore,
-    atomic_write,
-    atomic_write_bytes,
     canonical,
     fingerprint,
-    sweep_temp_files,
 )
+from levo_batch.store import _FP_KEY, _digest, _stored_digest
 
 PARTS = {"model": "abc123", "sampling": {"temperature": 0.9, "top_k": 50}, "seed": 7}
+
+
+def status(store: TokenStore, idx: str, fp) -> str:
+    """What the store holds for `idx` under `fp`, read without side effects: done (matching record), partial
+    (matching checkpoint), stale (only other or unreadable files) or missing."""
+    digest = _digest(fp)
+    if _stored_digest(store.path(idx), "fingerprint") == digest:
+        return "done"
+    if _stored_digest(store.partial_path(idx), _FP_KEY) == digest:
+        return "partial"
+    if store.path(idx).exists() or store.partial_path(idx).exists():
+        return "stale"
+    return "missing"
 
 
 def temps(directory):
@@ -30,34 +41,6 @@ def temps(directory):
 
 def tokens_of(*rows):
     return np.array(rows, dtype=np.int64)
-
-
-# --- atomic writes -------------------------------------------------------------------------------------
-
-
-def test_atomic_write_bytes_creates_parents(tmp_path):
-    target = tmp_path / "a" / "b" / "x.bin"
-    atomic_write_bytes(target, b"hello")
-    assert target.read_bytes() == b"hello"
-    assert temps(target.parent) == []
-
-
-@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
-def test_failed_write_leaves_target_untouched(tmp_path, exc):
-    target = tmp_path / "x.bin"
-
-    def crash(f):
-        f.write(b"partial garbage")
-        raise exc("disk on fire")
-
-    with pytest.raises(exc):
-        atomic_write(target, crash)
-    assert not target.exists()
-    atomic_write_bytes(target, b"old")
-    with pytest.raises(exc):
-        atomic_write(target, crash)
-    assert target.read_bytes() == b"old"
-    assert temps(tmp_path) == []
 
 
 WRITER = textwrap.dedent(
@@ -97,38 +80,6 @@ def test_sigkill_mid_write_never_leaves_a_corrupt_record(tmp_path):
         if partial is not None:
             assert partial["cols"].shape == (3, 5000)
             assert (partial["cols"] == int(partial["step"]) % 16000).all()
-
-
-def test_sweep_keeps_temp_files_of_live_writers(tmp_path):
-    import os
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    (tmp_path / f".x.npz.{dead.pid}.0a1b.tmp").write_bytes(b"")
-    (tmp_path / f".y.npz.{os.getpid()}.0a1b.tmp").write_bytes(b"")
-    (tmp_path / "keep.npz").write_bytes(b"")
-    assert sweep_temp_files(tmp_path) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f".y.npz.{os.getpid()}.0a1b.tmp", "keep.npz"]
-
-
-def test_sweep_judges_other_hosts_temp_files_by_age_never_by_a_local_pid(tmp_path):
-    """Shards on other machines share SAVE_DIR: their PIDs mean nothing here, so only old files go."""
-    import os
-    from levo_batch import store
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    atomic_write_bytes(tmp_path / "mine.npz", b"x")
-    other_host = "ffffffff" if not store._HOST_TAG.startswith("f") else "00000000"
-    in_flight = tmp_path / f".a.npz.{dead.pid}.{other_host}0a1b2c3d.tmp"
-    abandoned = tmp_path / f".b.npz.{dead.pid}.{other_host}0a1b2c3e.tmp"
-    local_dead = tmp_path / f".c.npz.{dead.pid}.{store._HOST_TAG}0a1b2c3f.tmp"
-    for path in (in_flight, abandoned, local_dead):
-        path.write_bytes(b"")
-    old = time.time() - store._FOREIGN_TEMP_AGE_S - 60
-    os.utime(abandoned, (old, old))
-    assert sweep_temp_files(tmp_path) == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == [in_flight.name, "mine.npz"]
 
 
 # --- fingerprints --------------------------------------------------------------------------------------
@@ -193,7 +144,7 @@ def test_save_and_load_round_trip(tmp_path):
     assert record.fingerprint == "fp" and record.meta == {"steps": 3, "prompt": "auto"}
     with np.load(store.path("s1"), allow_pickle=False) as npz:
         assert npz["tokens"].dtype == np.int16
-    assert store.status("s1", "fp") == "done"
+    assert status(store, "s1", "fp") == "done"
 
 
 def test_wide_tokens_are_kept_exactly(tmp_path):
@@ -216,7 +167,7 @@ def test_missing_record(tmp_path):
     store = TokenStore(tmp_path)
     assert store.load("nope", "fp") is None
     assert store.load_partial("nope", "fp") is None
-    assert store.status("nope", "fp") == "missing"
+    assert status(store, "nope", "fp") == "missing"
 
 
 def test_stale_record_is_reported_and_skipped(tmp_path, caplog):
@@ -226,7 +177,7 @@ def test_stale_record_is_reported_and_skipped(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert store.load("s", newer) is None
     assert "Stale token record" in caplog.text and "sampling.temperature: 0.9 -> 1.0" in caplog.text
-    assert store.status("s", newer) == "stale"
+    assert status(store, "s", newer) == "stale"
     assert store.load("s", Fingerprint.of(PARTS)) is not None
     assert store.load_any("s").tokens.tolist() == [[1], [2], [3]]
 
@@ -263,7 +214,7 @@ def test_corrupt_record_is_moved_aside_never_a_crash(tmp_path, caplog, damage):
     assert "Unreadable token record" in caplog.text and str(path) in caplog.text
     assert "moved aside to s.npz.corrupt" in caplog.text
     assert path.with_name("s.npz.corrupt").exists() and not path.exists()
-    assert store.status("s", "fp") == "missing"
+    assert status(store, "s", "fp") == "missing"
 
 
 # --- checkpoints ---------------------------------------------------------------------------------------
@@ -278,16 +229,16 @@ def test_partial_round_trip_and_status(tmp_path):
         "done": np.array([True, False]),
     }
     store.save_partial("p", state, "fp")
-    assert store.status("p", "fp") == "partial"
+    assert status(store, "p", "fp") == "partial"
     loaded = store.load_partial("p", "fp")
     assert sorted(loaded) == sorted(state)
     for key, value in state.items():
         assert loaded[key].dtype == value.dtype
         np.testing.assert_array_equal(loaded[key], value)
     assert store.load_partial("p", "other") is None
-    assert store.status("p", "other") == "stale"
+    assert status(store, "p", "other") == "stale"
     store.remove("p")
-    assert store.status("p", "fp") == "missing"
+    assert status(store, "p", "fp") == "missing"
 
 
 def test_partial_rejects_bad_state(tmp_path):
@@ -312,8 +263,8 @@ def test_matching_partial_beats_stale_finished_record(tmp_path):
     store = TokenStore(tmp_path)
     store.save("s", tokens_of([1], [2], [3]), "old")
     store.save_partial("s", {"cols": np.zeros((3, 1), dtype=np.int32)}, "new")
-    assert store.status("s", "new") == "partial"
-    assert store.status("s", "old") == "done"
+    assert status(store, "s", "new") == "partial"
+    assert status(store, "s", "old") == "done"
 
 
 # --- resume gives the uninterrupted tokens -------------------------------------------------------------
@@ -354,8 +305,8 @@ def test_killed_and_resumed_song_matches_uninterrupted_run(tmp_path):
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            seen.append(TokenStore(tmp_path / "run").status("song", "toy"))
+            seen.append(status(TokenStore(tmp_path / "run"), "song", "toy"))
     assert "partial" in seen
     store = TokenStore(tmp_path / "run")
     np.testing.assert_array_equal(store.load("song", "toy").tokens, reference)
-    assert store.status("song", "toy") == "done" and not store.partial_path("song").exists()
+    assert status(store, "song", "toy") == "done" and not store.partial_path("song").exists()

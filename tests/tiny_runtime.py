@@ -23,9 +23,9 @@ DEMUCS = dict(channels=4, bottom_channels=16, t_layers=1, t_heads=2, dconv_comp=
 
 def build(root: Path, fixtures: Path, *, seed: int = 0, genres: tuple[str, ...] = AUTO_PROMPT_TYPES) -> RuntimePaths:
     """`genres`: the auto-prompt library's keys (4 entries of 300 frames per genre and language)."""
+    from levo_batch.codec.septoken_encoder import CONFIG_FILE as ENCODER_CONFIG_FILE
     from levo_batch.decoder.estimator import CONFIG_FILE
     from levo_batch.prompts.prepare import DEMUCS_CONFIG_FILE
-    from levo_batch.prompts.septoken_encoder import CONFIG_FILE as ENCODER_CONFIG_FILE
     from levo_batch.prompts.separation import HTDEMUCS_HPARAMS
 
     rt = RuntimePaths(Path(root))

@@ -1,1 +1,1 @@
-"""Tokens -> 48 kHz audio: VQ dequantisation, flow-matching estimator, VAE decoder, windowing."""
+"""Tokens -> 48 kHz audio: flow-matching estimator, VAE, windowing, and the AudioDecoder built from them."""

@@ -11,7 +11,6 @@ residual stream, LayerNorm, modulation and RoPE stay in float32.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from levo_batch.decoder.weights import source_name, take
+from levo_batch.codec.weights import geometry_beside, source_name, take
 
 CONFIG_FILE = "levo_decoder.json"
 GEOMETRY_HINT = f"a non-official model needs a {CONFIG_FILE} next to its weights giving its geometry"
@@ -59,14 +58,13 @@ class DecoderConfig:
     @classmethod
     def for_weights(cls, septoken: Path) -> "DecoderConfig":
         """Defaults, overridden by `levo_decoder.json` beside the weights when that file exists."""
-        path = Path(septoken).parent / CONFIG_FILE
-        if not path.is_file():
+        overrides = geometry_beside(septoken, CONFIG_FILE)
+        if overrides is None:
             return cls()
-        overrides = json.loads(path.read_text())
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"{path}: unknown keys {unknown}; allowed: {sorted(known)}")
+            raise ValueError(f"{Path(septoken).parent / CONFIG_FILE}: unknown keys {unknown}; allowed: {sorted(known)}")
         return replace(cls(), **overrides)
 
 

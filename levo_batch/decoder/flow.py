@@ -9,7 +9,6 @@ one batch.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -17,9 +16,10 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
+from levo_batch.codec.vq import SingleVQ
+from levo_batch.codec.weights import source_name, take
 from levo_batch.decoder.estimator import GEOMETRY_HINT, LATENT_DIM, DecoderConfig, Estimator
-from levo_batch.decoder.vq import SingleVQ
-from levo_batch.decoder.weights import source_name, take
+from levo_batch.stages import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,7 @@ Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def seeded_noise(seed: int, key: str, shape: tuple[int, ...]) -> torch.Tensor:
     """Standard normal noise determined by `(seed, key)` alone, drawn on the CPU so every device agrees."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
-    return torch.randn(shape, generator=gen)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(derive_seed(seed, key)))
 
 
 @dataclass

@@ -20,26 +20,18 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from levo_batch.codec.weights import SafetensorsDict
 from levo_batch.decoder.estimator import LATENT_DIM, DecoderConfig
 from levo_batch.decoder.flow import CompiledOrEager, FlowDecoder, seeded_noise
-from levo_batch.decoder.weights import SafetensorsDict
 from levo_batch.decoder.windows import SAMPLES_PER_FRAME, SongWindows, WindowJob, WindowPlan, advance, render
+from levo_batch.gen_types import GEN_TYPES
 from levo_batch.runtime import RuntimePaths
-from levo_batch.stages import GEN_TYPES, SAMPLE_RATE, DecodeRequest, PromptAudio
+from levo_batch.stages import SAMPLE_RATE, DecodeRequest, PromptAudio
 from levo_batch.torch_utils import torch_device
 
 FILLER = {"bgm": (0, 3142), "vocal": (1, 9670)}
 """Single-stem decodes: (row of the [vocal, bgm] pair replaced, constant token upstream puts there)."""
 
-DECODES = {
-    "mixed": (("main", "mixed"),),
-    "bgm": (("main", "bgm"),),
-    "vocal": (("main", "vocal"),),
-    "separate": (("vocal", "vocal"), ("bgm", "bgm"), ("main", "mixed")),
-}
-"""gen_type -> (output stem, decode kind) per decode."""
-
-PROMPT_GEN_TYPES = ("mixed", "separate")
 CODEBOOK_SIZE = 16384
 VAE_OVERLAP = 32
 NOISE_SCHEME = "sha256(seed:kind/window{k}) -> torch.Generator(cpu).randn, v1"
@@ -78,7 +70,7 @@ def prompt_stems(prompt: PromptAudio, kind: str) -> tuple[torch.Tensor, torch.Te
 def validate(song: DecodeRequest) -> None:
     """Reject malformed requests before any model work, naming the song."""
     if song.gen_type not in GEN_TYPES:
-        raise ValueError(f"song {song.idx}: gen_type {song.gen_type!r} is not one of {GEN_TYPES}")
+        raise ValueError(f"song {song.idx}: gen_type {song.gen_type!r} is not one of {tuple(GEN_TYPES)}")
     tokens = np.asarray(song.tokens)
     if tokens.ndim != 2 or tokens.shape[0] != 3 or tokens.shape[1] < 1:
         raise ValueError(f"song {song.idx}: tokens must be [3, T] with T >= 1, got {list(tokens.shape)}")
@@ -98,8 +90,8 @@ class SepTokenDecoder:
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, flow: FlowDecoder, vae, *, prompt_models: Callable[[], tuple] | None = None,
-                 batch_size: int = 4, prompt_on_stems: bool = True, info: dict | None = None):
+    def __init__(self, flow: FlowDecoder, vae, *, batch_size: int, prompt_models: Callable[[], tuple] | None = None,
+                 prompt_on_stems: bool = True, info: dict | None = None):
         """`vae` needs `decode_chunked(latents, chunk_size, overlap)`. `prompt_models()` returns (VAE with
         `encode_audio(audio, noise=)`, septoken encoder with `encode(vocal, bgm)`); it is called once, on the
         first prompt, so prompt-less runs never load MusicFM or the VAE encoder. `prompt_on_stems=False` keeps
@@ -121,8 +113,8 @@ class SepTokenDecoder:
                              f"{self.cfg.n_positions}")
 
     @classmethod
-    def load(cls, runtime: RuntimePaths, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
-             batch_size: int = 4, prompt_on_stems: bool = True,
+    def load(cls, runtime: RuntimePaths, *, batch_size: int, device: str | torch.device | None = None,
+             dtype: torch.dtype | None = None, prompt_on_stems: bool = True,
              vae_dtype: torch.dtype = torch.float32, compile: bool = False) -> "SepTokenDecoder":
         """Read the septoken safetensors (decoder tensors only) and the VAE decoder from the runtime folder.
 
@@ -145,7 +137,7 @@ class SepTokenDecoder:
         vae = load_vae(vae_config, vae_weights, device, vae_dtype, parts=("decoder",))
 
         def prompt_models() -> tuple:
-            from levo_batch.prompts.septoken_encoder import SepTokenEncoder, config_for
+            from levo_batch.codec.septoken_encoder import SepTokenEncoder, config_for
 
             return (load_vae(vae_config, vae_weights, device, torch.float32, parts=("encoder",)),
                     SepTokenEncoder.from_state_dict(weights, device, torch.float32, config_for(septoken)))
@@ -169,7 +161,7 @@ class SepTokenDecoder:
             validate(song)
         if len({s.idx for s in songs}) != len(songs):
             raise ValueError("duplicate idx in one decode call")
-        expected = {s.idx: len(DECODES[s.gen_type]) for s in songs}
+        expected = {s.idx: len(GEN_TYPES[s.gen_type].decodes) for s in songs}
         done: dict[str, dict[str, np.ndarray]] = {}
         windows = (w for song in songs for w in self._song_windows(song))
         for song_windows in advance(windows, self._sample, self.batch_size):
@@ -182,7 +174,7 @@ class SepTokenDecoder:
     def _song_windows(self, song: DecodeRequest) -> Iterator[SongWindows]:
         """One SongWindows per decode of the song (three for separate), built only when a batch slot frees up."""
         frames = self.plan.frames
-        for stem, kind in DECODES[song.gen_type]:
+        for stem, kind in GEN_TYPES[song.gen_type].decodes:
             prompt_codes = prompt_latent = None
             if self._uses_prompt(song, kind):
                 prompt_codes, prompt_latent = self._encode_prompt(song.prompt_audio, kind, song.seed)
@@ -194,7 +186,7 @@ class SepTokenDecoder:
                               prompt_codes, prompt_latent)
 
     def _uses_prompt(self, song: DecodeRequest, kind: str) -> bool:
-        if song.prompt_audio is None or song.gen_type not in PROMPT_GEN_TYPES:
+        if song.prompt_audio is None or not GEN_TYPES[song.gen_type].decoder_prompt:
             return False
         return kind == "mixed" or self.prompt_on_stems
 

@@ -20,6 +20,7 @@ from safetensors import safe_open
 from torch import nn
 
 from levo_batch.decoder.vae_blocks import OobleckDecoder, OobleckEncoder, SnakeBeta, snake_beta
+from levo_batch.errors import first_few
 from levo_batch.torch_utils import fold_weight_norm, torch_device
 
 PARTS = ("decoder", "encoder")
@@ -90,6 +91,15 @@ class VAEConfig:
         return config
 
 
+def chunk_starts(frames: int, chunk: int, overlap: int) -> list[int]:
+    """First frames of the chunks of upstream's chunked VAE decode of `frames > chunk` latents: every
+    `chunk - overlap` frames, plus one right-aligned final chunk."""
+    starts = list(range(0, frames - chunk + 1, chunk - overlap))
+    if starts[-1] + chunk != frames:
+        starts.append(frames - chunk)
+    return starts
+
+
 class OobleckVAE(nn.Module):
     """Decoder and/or encoder of the autoencoder; inputs are moved to the model's device and dtype."""
 
@@ -133,8 +143,7 @@ class OobleckVAE(nn.Module):
                        max_batch: int = 8) -> torch.Tensor:
         """Upstream's chunked `decode_audio`: `[B, latent_dim, T]` -> `[B, io, T * 1920]`.
 
-        Chunks of `chunk_size` frames start every `chunk_size - overlap` frames, plus one right-aligned
-        final chunk; each is decoded on its own and pasted with `overlap // 2` frames cut at every inner
+        Chunks of `chunk_size` frames on the `chunk_starts` grid are each decoded on their own and pasted with `overlap // 2` frames cut at every inner
         edge (hard cuts, later chunks win). The chunks of all B rows (windows, songs) are decoded
         `max_batch` at a time: the same computation as one by one, up to float rounding (conv libraries
         pick kernels per batch size; about 1e-6 on CPU). Upstream fails for T < chunk_size; here such latents (and
@@ -144,10 +153,7 @@ class OobleckVAE(nn.Module):
         batch, _, frames = latents.shape
         if frames <= chunk_size:
             return self.decode(latents)
-        hop = chunk_size - overlap
-        starts = list(range(0, frames - chunk_size + 1, hop))
-        if starts[-1] + chunk_size != frames:
-            starts.append(frames - chunk_size)
+        starts = chunk_starts(frames, chunk_size, overlap)
         chunks = torch.cat([latents[:, :, s : s + chunk_size] for s in starts])  # chunk-major: [n*B, C, chunk]
         decoded = torch.cat([self._part("decoder")(part) for part in chunks.split(max_batch)])
         ratio = self.config.downsampling_ratio
@@ -245,11 +251,6 @@ def _fold(raw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _listing(keys: list[str], limit: int = 12) -> str:
-    more = f" ... and {len(keys) - limit} more" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
 def load_vae(config_json: Path, weights: Path, device: torch.device | None = None,
              dtype: torch.dtype | None = None, *, parts: Sequence[str] = PARTS) -> OobleckVAE:
     """Build the VAE from its stable-audio-tools json and load an official `.ckpt` or a `.safetensors`.
@@ -275,9 +276,9 @@ def load_vae(config_json: Path, weights: Path, device: torch.device | None = Non
     unexpected = sorted(k for k in state if k not in expected)
     mismatched = [f"{k} {tuple(state[k].shape)} (config expects {tuple(v.shape)})"
                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    problems = [f"missing keys: {_listing(missing)}" if missing else "",
-                f"unexpected keys: {_listing(unexpected)}" if unexpected else "",
-                f"shape mismatch: {_listing(mismatched)}" if mismatched else ""]
+    problems = [f"missing keys: {first_few(missing, 12)}" if missing else "",
+                f"unexpected keys: {first_few(unexpected, 12)}" if unexpected else "",
+                f"shape mismatch: {first_few(mismatched, 12)}" if mismatched else ""]
     if any(problems):
         raise ValueError(
             f"{weights} does not fit the VAE {'/'.join(parts)} described by {config_json}: "

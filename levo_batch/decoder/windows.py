@@ -17,6 +17,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from levo_batch.decoder.vae import chunk_starts
 from levo_batch.stages import FRAME_RATE, SAMPLE_RATE
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FRAME_RATE
@@ -169,13 +170,11 @@ def vae_prefix(frames: int, needed: int, chunk: int, overlap: int) -> int:
     Chunked decoding pastes independent chunks with hard cuts, so output frames before a cut never see later
     latents. Ending the prefix on a chunk-grid boundary reproduces the full decode's chunks up to there; the
     audio past the song's end (the last window's tiled tail, most of a short song's only window) is then not
-    decoded at all. Follows the chunking of `OobleckVAE.decode_chunked` (upstream's `decode_audio`).
+    decoded at all. Uses the chunk grid of `OobleckVAE.decode_chunked` (upstream's `decode_audio`).
     """
     if frames <= chunk:
         return frames
-    starts = list(range(0, frames - chunk + 1, chunk - overlap))
-    if starts[-1] + chunk != frames:
-        starts.append(frames - chunk)
+    starts = chunk_starts(frames, chunk, overlap)
     for start, following in zip(starts, starts[1:]):
         if needed <= following + overlap // 2:
             return start + chunk

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ..store import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .report import METRICS, Report
 
 BAR_WIDTH, CHART_HEIGHT, HIST_BINS = 14, 160, 12

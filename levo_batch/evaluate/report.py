@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from .stats import mean_ci
 
 METRICS = {

@@ -12,7 +12,7 @@ tokens; none are produced here.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -39,11 +39,6 @@ class CondInputs:
     lyric_structure: np.ndarray  # [N, lyrics_max_len] int32
     description_ids: np.ndarray  # [N, description_max_len] int32
     prompt_codes: np.ndarray  # [N, code_depth, prompt_max_len - 1] int32
-
-    @classmethod
-    def stack(cls, items: list["CondInputs"]) -> "CondInputs":
-        """Concatenate along N (several songs in one batch)."""
-        return cls(**{f.name: np.concatenate([getattr(i, f.name) for i in items]) for f in fields(cls)})
 
 
 def condition_inputs(

@@ -141,7 +141,7 @@ class LMConfig:
                 rope_theta=float(rt.get("rope_theta", 500000.0)),
                 rope_theta_sub=float(rt.get("rope_theta_sub", 500000.0)),
                 prompt_frames=int(rt.get("prompt_len", 10) * rt.get("frame_rate", 25)),
-                cfg_coef=float(rt.get("cfg_coef", 1.5)),
+                cfg_coef=float(rt.get("cfg_coef", cls.cfg_coef)),
                 frame_rate=int(rt.get("frame_rate", 25)),
                 quantization=_quantization(cfg.get("quantization")),
             )

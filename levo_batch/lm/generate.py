@@ -46,11 +46,12 @@ class MLXTokenGenerator:
 
     def __init__(self, model: LeVoLM, cfg: LMConfig, tokenizers: TextTokenizers, *, model_id: str,
                  sampling: SamplingParams, batch_size: int | None = None, max_duration: float | None = None,
-                 checkpoint_every: int = 250, kv_bits: int | None = None):
+                 checkpoint_every: int = 0, kv_bits: int | None = None):
         """Fuses `model`'s projections in place (`LeVoLM.fuse_projections`), so hand it a model loaded for
         generation only. `kv_bits` 8 stores the attention caches quantised (see `levo_batch.lm.cache`): faster
         and smaller at large batches, not bit-faithful to upstream; None keeps them in the model's dtype.
-        `batch_size` None sizes the batch from free device memory (`levo_batch.lm.batch.auto_slots`)."""
+        `batch_size` None sizes the batch from free device memory (`levo_batch.lm.batch.auto_slots`);
+        `checkpoint_every` 0 writes no mid-song checkpoint (the CLI always asks for them)."""
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         duration = cfg.max_dur if max_duration is None else max_duration

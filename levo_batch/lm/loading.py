@@ -27,7 +27,7 @@ import mlx.nn as nn
 import yaml
 from mlx.utils import tree_flatten
 
-from levo_batch.errors import LevoError
+from levo_batch.errors import LevoError, first_few
 from levo_batch.lm.config import AILUNTX_FORMAT, V1_FOLDERS, LMConfig, version_of_folder
 from levo_batch.lm.model import LeVoLM
 
@@ -157,11 +157,12 @@ def check_keys(ckpt: Checkpoint, got: dict[str, tuple], expected: dict[str, tupl
     wrong = sorted(k for k in expected.keys() & got.keys() if tuple(got[k]) != tuple(expected[k]))
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing keys: {_some(missing)}")
+        problems.append(f"{len(missing)} missing keys: {first_few(missing, 8)}")
     if extra:
-        problems.append(f"{len(extra)} unexpected keys: {_some(extra)}")
+        problems.append(f"{len(extra)} unexpected keys: {first_few(extra, 8)}")
     if wrong:
-        problems.append("shape mismatches: " + _some([f"{k} {tuple(got[k])} != {tuple(expected[k])}" for k in wrong]))
+        shapes = [f"{k} {tuple(got[k])} != {tuple(expected[k])}" for k in wrong]
+        problems.append(f"shape mismatches: {first_few(shapes, 8)}")
     if problems:
         raise ValueError(
             f"{ckpt.describe()} does not match a LeVo LM of its config ({ckpt.source_format} layout): "
@@ -238,7 +239,7 @@ def _open_official(path: Path, version: str) -> Checkpoint:
                 f"{pt} holds more than plain tensors (a pickled object: {str(e).splitlines()[-1][:120]}), which we "
                 f"refuse to execute; re-download the official model.pt") from e
         if not any(k.startswith(OFFICIAL_PREFIX) for k in state):
-            raise ValueError(f"{pt} has no '{OFFICIAL_PREFIX}*' keys (found e.g. {_some(sorted(state))}); "
+            raise ValueError(f"{pt} has no '{OFFICIAL_PREFIX}*' keys (found e.g. {first_few(sorted(state), 8)}); "
                              f"is this the LM checkpoint (model.pt of a SongGeneration release)?")
         for key in list(state):
             name = key[len(OFFICIAL_PREFIX):]
@@ -310,7 +311,3 @@ def _cast(value: mx.array, dtype: mx.Dtype | None) -> mx.array:
     if dtype is None or not mx.issubdtype(value.dtype, mx.floating):
         return value
     return value.astype(dtype)
-
-
-def _some(items: list[str], n: int = 8) -> str:
-    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")

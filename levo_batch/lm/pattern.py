@@ -15,15 +15,6 @@ def num_columns(timesteps: int, delays: tuple[int, ...]) -> int:
     return timesteps + max(delays) + 1
 
 
-def build_pattern(codes: np.ndarray, delays: tuple[int, ...], special: int) -> np.ndarray:
-    """`[code_depth, T]` -> `[code_depth, T + max_delay + 1]`."""
-    depth, timesteps = codes.shape
-    out = np.full((depth, num_columns(timesteps, delays)), special, dtype=codes.dtype)
-    for q, d in enumerate(delays):
-        out[q, 1 + d : 1 + d + timesteps] = codes[q]
-    return out
-
-
 def revert_pattern(columns: np.ndarray, timesteps: int, delays: tuple[int, ...]) -> np.ndarray:
     """Pattern columns (at least `T + max_delay + 1`) -> codes `[code_depth, T]`."""
     return np.stack([columns[q, 1 + d : 1 + d + timesteps] for q, d in enumerate(delays)])

@@ -29,9 +29,8 @@ _GOLDEN = 0x9E3779B9
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Upstream `generate.py` defaults: sampling at temperature 0.8 with top-k 5000, penalty 1.1 over 50 columns.
-
-    (`--low_mem` upstream uses temperature 0.9, top-k 50.) `cfg_coef` None takes the checkpoint's (1.5).
+    """The field defaults are upstream `generate.py`'s (its `--low_mem` path samples differently:
+    `levo_batch.backends.UPSTREAM_LOW_MEM_SAMPLING`). `cfg_coef` None takes the checkpoint's (`LMConfig.cfg_coef`).
     `low_mem` records that upstream's low-memory mode chose the defaults: the mode is decided per machine
     (`levo_batch.lowmem`), so a token record says which one made it.
     `penalty_window` 0 penalises every column written so far, like upstream's `pool[-0:]` slice. Top-p is not

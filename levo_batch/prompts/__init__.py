@@ -1,1 +1,1 @@
-"""Prompts: auto-prompt library, prompt audio, source separation, prompt encoders."""
+"""Prompts: auto-prompt library, prompt audio, source separation, and the prompt tokens/audio of a job."""

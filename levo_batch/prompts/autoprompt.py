@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from levo_batch.errors import LevoError
-from levo_batch.prompts.errors import PromptError
-from levo_batch.store import atomic_write
+from levo_batch.atomic import atomic_write
+from levo_batch.errors import LevoError, PromptError
 from levo_batch.text import lyric_language
 
 _KEY_SEP = "|"

@@ -10,7 +10,6 @@ it). Models load lazily, once, and only when a job needs them.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,17 +18,18 @@ import numpy as np
 import torch
 
 from levo_batch.audio import AudioError, prompt_window, read_audio, resample, to_stereo
+from levo_batch.codec.septoken_encoder import config_for
+from levo_batch.codec.weights import geometry_beside
+from levo_batch.errors import PromptError
 from levo_batch.prompts.autoprompt import AutoPromptLibrary
-from levo_batch.prompts.errors import PromptError
 from levo_batch.prompts.separation import HTDEMUCS_HPARAMS, SEPARATION_RATE, Separator
-from levo_batch.prompts.septoken_encoder import config_for
 from levo_batch.runtime import RuntimePaths
 from levo_batch.stages import SAMPLE_RATE, Prompt, PromptAudio
 from levo_batch.torch_utils import torch_device
 
 if TYPE_CHECKING:
+    from levo_batch.codec.septoken_encoder import RVQ1Encoder, SepTokenEncoder
     from levo_batch.jobs import Job
-    from levo_batch.prompts.septoken_encoder import RVQ1Encoder, SepTokenEncoder
 
 MIN_PROMPT_SECONDS = 1.0
 """Shorter prompt files are rejected: a few frames of prompt give the LM and the decoder nothing to follow."""
@@ -39,10 +39,6 @@ SILENCE_RMS = 1e-4
 
 
 DEMUCS_CONFIG_FILE = "levo_demucs.json"
-
-
-def _optional_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def default_cache_dir() -> Path:
@@ -69,7 +65,7 @@ class PromptPreparer:
         self.device = torch_device(str(device) if device is not None else None)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.encoder_config = encoder_config or config_for(runtime.septoken)
-        overrides = _optional_json(runtime.htdemucs.parent / DEMUCS_CONFIG_FILE)
+        overrides = geometry_beside(runtime.htdemucs, DEMUCS_CONFIG_FILE)
         self.demucs_hparams = demucs_hparams or (dict(HTDEMUCS_HPARAMS, **overrides) if overrides else None)
         self._library: AutoPromptLibrary | None = None
         self._separator: Separator | None = None
@@ -112,7 +108,7 @@ class PromptPreparer:
     @property
     def encoders(self) -> tuple["RVQ1Encoder", "SepTokenEncoder"]:
         if self._encoders is None:
-            from levo_batch.prompts.septoken_encoder import RVQ1Encoder, SepTokenEncoder
+            from levo_batch.codec.septoken_encoder import RVQ1Encoder, SepTokenEncoder
 
             rvq1 = self.runtime.require(self.runtime.rvq1, "1rvq tokenizer checkpoint")
             sep = self.runtime.require(self.runtime.septoken, "septoken checkpoint")

@@ -9,7 +9,7 @@ upstream's loader code (mirrored in `HTDEMUCS_HPARAMS`). What upstream does, and
 - at 44.1 kHz stereo, standardised by the mean/std of the mono mix, `apply_model(shifts=1, split=True,
   overlap=0.25)` with the model's 7.8-s segment,
 - the vocal stem (4th source) rescaled to avoid clipping and quantised to 16 bits as `torchaudio.save`
-  writes its FLAC (FFmpeg's conversion, `levo_batch.outputs.to_pcm16`): the tokenizers and the decoder get
+  writes its FLAC (FFmpeg's conversion, `levo_batch.audio.to_pcm16`): the tokenizers and the decoder get
   that quantised stem back, and it is also what the cache stores.
 
 Deviations, both deliberate: the random time shift of `shifts=1` is drawn from a generator seeded by the
@@ -34,10 +34,9 @@ import soundfile as sf
 import torch
 import yaml
 
-from levo_batch.audio import to_stereo
+from levo_batch.atomic import atomic_write_bytes
+from levo_batch.audio import to_pcm16, to_stereo
 from levo_batch.errors import LevoError
-from levo_batch.outputs import to_pcm16
-from levo_batch.store import atomic_write_bytes
 
 SEPARATION_RATE = 44100
 VOCALS = 3

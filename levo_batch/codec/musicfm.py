@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from levo_batch.prompts.conformer import ConformerLayer, rotary_table
+from levo_batch.codec.conformer import ConformerLayer, rotary_table
 
 N_FFT = 2048
 HOP = 240

@@ -15,7 +15,6 @@ flips near-tie codes (bf16 changes ~10 % of them on the tiny random models; see 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Mapping
@@ -24,9 +23,10 @@ import torch
 import torch.nn.functional as F
 
 from levo_batch.audio import resample_kernel
-from levo_batch.decoder.vq import VQ_KEYS, SingleVQ
-from levo_batch.decoder.weights import SafetensorsDict
-from levo_batch.prompts.musicfm import MusicFM, no_tf32
+from levo_batch.codec.musicfm import MusicFM, no_tf32
+from levo_batch.codec.vq import VQ_KEYS, SingleVQ
+from levo_batch.codec.weights import SafetensorsDict, geometry_beside
+from levo_batch.errors import first_few
 from levo_batch.stages import FRAME_RATE, SAMPLE_RATE
 from levo_batch.torch_utils import torch_device
 
@@ -44,8 +44,7 @@ def config_for(weights: Path) -> dict | None:
     Attention heads cannot be read off the weights; official runtimes have no such file (the real geometry is
     the default), tiny test models ship one with their wav2vec2-conformer config.
     """
-    path = Path(weights).parent / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    return geometry_beside(weights, CONFIG_FILE)
 
 
 def limit_peak(x: torch.Tensor, threshold: float = PEAK_LIMIT) -> torch.Tensor:
@@ -121,8 +120,8 @@ class _TokenEncoder:
         missing = [k for k in cls.checkpoint_keys() if k not in sd]
         if missing:
             source = f"{sd!r}" if isinstance(sd, SafetensorsDict) else "the state dict"
-            shown = ", ".join(missing[:6]) + (f" (+{len(missing) - 6} more)" if len(missing) > 6 else "")
-            raise KeyError(f"{source} lacks {len(missing)} tensor(s) the prompt encoder needs: {shown}. "
+            raise KeyError(f"{source} lacks {len(missing)} tensor(s) the prompt encoder needs: "
+                           f"{first_few(missing, 6)}. "
                            f"Is it the official {cls.OFFICIAL_FILE}? Re-download it if it is truncated.")
         device = torch_device(str(device) if device is not None else None)
         musicfm = MusicFM.from_state_dict(sd, max(cls.LAYERS), w2v2=config, device=device,

@@ -6,11 +6,14 @@ init. We read only the tensors a module needs and fail loudly, naming the file, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
+
+from levo_batch.errors import first_few
 
 
 class SafetensorsDict(Mapping[str, torch.Tensor]):
@@ -45,15 +48,24 @@ class SafetensorsDict(Mapping[str, torch.Tensor]):
         return str(self.path)
 
 
+def geometry_beside(weights: str | Path, file_name: str) -> dict | None:
+    """The JSON geometry file `file_name` in the folder of `weights`, or None when there is none.
+
+    Official runtimes ship no such files (the real geometry is each module's default); non-standard checkpoints,
+    such as the tiny random ones of the tests, describe their sizes in one.
+    """
+    path = Path(weights).parent / file_name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def take(sd: Mapping[str, torch.Tensor], prefix: str, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """`{name: sd[prefix + name]}` for every name, or one KeyError listing all missing keys and the source."""
     names = list(names)
     missing = [prefix + n for n in names if prefix + n not in sd]
     if missing:
-        shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
         raise KeyError(
-            f"{source_name(sd)} lacks {len(missing)} tensor(s) the decoder needs: {shown}. Is it the official "
-            "ckpt/model_septoken/model_2.safetensors? Re-download it if it is truncated."
+            f"{source_name(sd)} lacks {len(missing)} tensor(s) the decoder needs: {first_few(missing, 8)}. Is it the "
+            "official ckpt/model_septoken/model_2.safetensors? Re-download it if it is truncated."
         )
     return {n: sd[prefix + n] for n in names}
 

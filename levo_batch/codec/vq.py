@@ -1,7 +1,7 @@
 """The single-codebook vector quantiser behind LM rows 1 (vocal) and 2 (bgm).
 
 Upstream keeps it as a one-level residual VQ (`quantizers.0.*`) with weight-normed 1x1 convolutions around a
-low-dimensional codebook. The decoder only dequantises (`from_codes`); the prompt encoders quantise
+low-dimensional codebook. The decoder only dequantises (`embed`); the prompt encoders quantise
 (`to_codes`). Both directions live here so the two sides can never disagree on the codebook layout.
 """
 
@@ -12,7 +12,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from levo_batch.decoder.weights import take
+from levo_batch.codec.weights import take
 from levo_batch.torch_utils import fold_weight_norm
 
 VQ_KEYS = (
@@ -59,10 +59,6 @@ class SingleVQ(torch.nn.Module):
     def embed(self, codes: torch.Tensor) -> torch.Tensor:
         """Dequantise `[B, T]` codes to time-major features `[B, T, D]` (the layout the estimator consumes)."""
         return F.linear(self.codebook[codes], self.out_w, self.out_b)
-
-    def from_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Dequantise `[B, T]` codes to channel-major features `[B, D, T]`, as upstream's `from_codes`."""
-        return self.embed(codes).transpose(1, 2)
 
     def to_codes(self, features: torch.Tensor) -> torch.Tensor:
         """Nearest code by cosine similarity for `[B, D, T]` features -> `[B, T]` int64.
