@@ -23,7 +23,7 @@ from .jobs import Job, load_jobs
 from .outputs import audio_paths, is_done, output_jsonl_path, write_flac
 from .preflight import Needs, decode_only_problems, raise_if, save_dir_problems
 from .progress import LMProgress, SongProgress, log, timed
-from .results import assemble, assemble_if_last
+from .results import assemble_if_last
 from .shards import WHOLE, Shard, shard_lock
 from .stages import (
     AudioDecoder,
@@ -134,7 +134,8 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
     if opts.dry_run:
         print_plan(jobs, opts, stems, redo)
         return summary
-    summary.skipped = [job.idx for job in jobs if job not in todo]
+    pending = {job.idx for job in todo}
+    summary.skipped = [job.idx for job in jobs if job.idx not in pending]
     summary.outputs = [opts.save_dir / "tokens"] if opts.tokens_only else \
         [opts.save_dir / "audios", output_jsonl_path(opts.save_dir, opts.input_path)]
     log(f"{len(jobs)} songs in {opts.input_path}: {len(todo)} to render, {len(summary.skipped)} already done")
@@ -155,10 +156,8 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
             lm_phase(todo, prompts, opts, stages, store, recipes)
         if todo and not opts.tokens_only:
             decoder_phase(todo, prompts, opts, stages, store, summary, stems, recipes)
-        if not opts.tokens_only:
-            write_results(all_jobs, opts, stems)
-    if not opts.tokens_only and not opts.shard.whole:
-        assemble_if_last(all_jobs, opts.save_dir, opts.input_path, save_dir_text(opts), stems)
+    if not opts.tokens_only:  # after releasing the lock, so that the last process to finish sees no live one
+        assemble_if_last(all_jobs, opts.save_dir, opts.input_path, opts.save_dir_text or str(opts.save_dir), stems)
     summary.wall_seconds = time.monotonic() - started
     return summary
 
@@ -362,14 +361,3 @@ class AudioWriter:
             self.summary.audio_seconds += audio["main"].shape[-1] / self.decoder.sample_rate
             self.bar.update(idx)
             StopRequested.check()
-
-
-def save_dir_text(opts: RunOptions) -> str:
-    return opts.save_dir_text or str(opts.save_dir)
-
-
-def write_results(jobs: Sequence[Job], opts: RunOptions, stems: tuple[str, ...]) -> None:
-    """Upstream's result jsonl, in input order, describing the audio on disk (`levo_batch.results`). An
-    unsharded run writes it now; a shard leaves it to the last shard to finish (after releasing its lock)."""
-    if opts.shard.whole:
-        assemble(jobs, opts.save_dir, opts.input_path, save_dir_text(opts), stems)
