@@ -176,11 +176,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not shard.whole:
         devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         banner.append(shard.describe() + (f", CUDA_VISIBLE_DEVICES={devices}" if devices is not None else ""))
-    memory = memory_mode(args.low_mem, args.ckpt_dir)
-    banner.append(memory.announce())
     if args.tokens_only and args.decode_only:
         log("error: --tokens-only and --decode-only exclude each other")
         return EXIT_USAGE
+    memory = memory_mode(args.low_mem, args.ckpt_dir)
+    banner.append(memory.announce())
     opts = RunOptions(input_path=args.input_jsonl, save_dir=Path(args.save_dir), gen_type=gen_type_of(args),
                       seed=args.seed, tokens_only=args.tokens_only, decode_only=args.decode_only,
                       overwrite=args.overwrite, dry_run=args.dry_run, strict=args.strict,

@@ -33,8 +33,8 @@ class SongRequest:
     """One song for the LM phase.
 
     `lyrics` and `descriptions` are already normalised exactly as upstream feeds its conditioners
-    (see `levo_batch.text.lm_texts`; a v1 song without description has None). `prompt_tokens` is `[3, n]` (full prompt) or `[1, n]` (mixed row
-    only) int64 codes, or None. `resume` is the sampler state last given to `TokenSink.checkpoint` for this
+    (see `levo_batch.text.lm_texts`; a v1 song without description has None). `prompt_tokens` is `[3, n]`
+    (full prompt) or `[1, n]` (mixed row only) int64 codes, or None. `resume` is the sampler state last given to `TokenSink.checkpoint` for this
     song (None: start from scratch).
     """
 

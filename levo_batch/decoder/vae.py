@@ -143,8 +143,8 @@ class OobleckVAE(nn.Module):
                        max_batch: int = 8) -> torch.Tensor:
         """Upstream's chunked `decode_audio`: `[B, latent_dim, T]` -> `[B, io, T * 1920]`.
 
-        Chunks of `chunk_size` frames on the `chunk_starts` grid are each decoded on their own and pasted with `overlap // 2` frames cut at every inner
-        edge (hard cuts, later chunks win). The chunks of all B rows (windows, songs) are decoded
+        Chunks of `chunk_size` frames on the `chunk_starts` grid are each decoded on their own and pasted with
+        `overlap // 2` frames cut at every inner edge (hard cuts, later chunks win). The chunks of all B rows (windows, songs) are decoded
         `max_batch` at a time: the same computation as one by one, up to float rounding (conv libraries
         pick kernels per batch size; about 1e-6 on CPU). Upstream fails for T < chunk_size; here such latents (and
         T == chunk_size) are decoded as one chunk.
