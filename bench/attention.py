@@ -13,6 +13,7 @@ measured device copy bandwidth: the bound.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 
 import mlx.core as mx
@@ -27,9 +28,12 @@ from levo_batch.lm.decode_attention import CHUNK
 HEADS, DIM = 16, 128
 
 
-def random_cache(rows: int, capacity: int, kv_bits: int | None):
+DTYPES = {"bf16": mx.bfloat16, "fp16": mx.float16}
+
+
+def random_cache(rows: int, capacity: int, kv_bits: int | None, dtype: mx.Dtype):
     shape = (rows, HEADS, capacity, DIM)
-    keys, values = (mx.random.normal(shape).astype(mx.bfloat16) for _ in range(2))
+    keys, values = (mx.random.normal(shape).astype(dtype) for _ in range(2))
     cache = KVCache(keys, values) if kv_bits is None else QuantizedKVCache.from_float(keys, values, kv_bits)
     mx.eval(cache.state)
     return cache
@@ -68,17 +72,19 @@ def main() -> None:
     ap.add_argument("--songs", default="1,16,32", help="comma list of songs per batch (2 rows each)")
     ap.add_argument("--capacity", type=int, default=5120, help="cache columns (150-s song: 5120)")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--dtypes", default="bf16,fp16", help="comma list of model precisions: bf16, fp16")
     args = ap.parse_args()
     scale = DIM**-0.5
     bandwidth = copy_bandwidth()
     print(f"MLX {mx.__version__} on {mx.default_device()}; copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-    print(f"{'kv':<5}{'songs':>6}{'lengths':>8}{'kernel err':>11}{'path err':>10}{'kernel ms':>10}{'path ms':>9}"
+    print(f"{'kv':<10}{'songs':>6}{'lengths':>8}{'kernel err':>11}{'path err':>10}{'kernel ms':>10}{'path ms':>9}"
           f"{'bound ms':>9}{'of bound':>9}")
     rng = np.random.default_rng(0)
-    for kv_bits in (None, 8):
+    for name, kv_bits in itertools.product(args.dtypes.split(","), (None, 8)):
+        dtype = DTYPES[name]
         for songs in (int(s) for s in args.songs.split(",")):
             rows = 2 * songs
-            cache = random_cache(rows, args.capacity, kv_bits)
+            cache = random_cache(rows, args.capacity, kv_bits, dtype)
             per_pos = HEADS * DIM * (2 if kv_bits is None else 1 + 4 / cache.group_size) * 2  # keys + values
             for kind in ("random", "full"):
                 last = args.capacity - 2
@@ -86,7 +92,7 @@ def main() -> None:
                 reads = mx.array(reads.astype(np.int32))
                 length = -(-(int(reads.max().item()) + 1) // CHUNK) * CHUNK
                 ctx = StepContext(positions=reads, reads=reads, length=length)
-                q, k, v = (mx.random.normal((rows, HEADS, 1, DIM)).astype(mx.bfloat16) for _ in range(3))
+                q, k, v = (mx.random.normal((rows, HEADS, 1, DIM)).astype(dtype) for _ in range(3))
 
                 def run(kernel: bool) -> mx.array:
                     decode_attention.ENABLED = kernel
@@ -104,7 +110,7 @@ def main() -> None:
                     err_path = t_path = float("nan")
                 decode_attention.ENABLED = True
                 bound = float(np.sum(np.array(reads) + 1)) * per_pos / bandwidth
-                print(f"{str(kv_bits or 'bf16'):<5}{songs:>6}{kind:>8}{err:>11.2e}{err_path:>10.2e}"
+                print(f"{name + (' int8' if kv_bits else ''):<10}{songs:>6}{kind:>8}{err:>11.2e}{err_path:>10.2e}"
                       f"{t_kernel * 1e3:>10.3f}{t_path * 1e3:>9.3f}{bound * 1e3:>9.3f}{bound / t_kernel:>9.0%}"
                       + ("" if finite else "  NON-FINITE"), flush=True)
             del cache

@@ -58,18 +58,22 @@ def test_idle_rows_read_a_single_slot():
 
 @pytest.mark.skipif(not decode_attention.applies(128, mx.bfloat16), reason="needs MLX CUDA (the kernel's backend)")
 @pytest.mark.parametrize("kv_bits", [None, 8])
-def test_cuda_kernel_matches_float64_attention(kv_bits):
-    """Split-K kernel vs float64 on the same (bf16 or dequantised 8-bit) cache: relative L2 error within bf16
-    output rounding (measured 1.7e-3 bf16 / 2.8e-3 8-bit on an H200; the portable path: ~6e-3)."""
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16], ids=["bf16", "fp16"])
+def test_cuda_kernel_matches_float64_attention(kv_bits, dtype):
+    """Split-K kernel vs float64 on the same (16-bit or dequantised 8-bit) cache of a bf16 or fp16 model:
+    relative L2 error within bf16 output rounding (measured 1.7e-3 bf16 / 2.8e-3 8-bit on an H200; the
+    portable path: ~6e-3)."""
     rng = np.random.default_rng(1)
     rows, heads, capacity, dim = 6, 16, 1280, 128
-    keys, values = (mx.array(rng.standard_normal((rows, heads, capacity, dim)).astype(np.float32)).astype(mx.bfloat16)
+    keys, values = (mx.array(rng.standard_normal((rows, heads, capacity, dim)).astype(np.float32)).astype(dtype)
                     for _ in range(2))
-    q, k, v = (mx.array(rng.standard_normal((rows, heads, 1, dim)).astype(np.float32)).astype(mx.bfloat16)
+    q, k, v = (mx.array(rng.standard_normal((rows, heads, 1, dim)).astype(np.float32)).astype(dtype)
                for _ in range(3))
     reads = np.array([0, 1, 255, 256, 700, capacity - 1], dtype=np.int32)
     cache = KVCache(keys, values) if kv_bits is None else QuantizedKVCache.from_float(keys, values, kv_bits)
-    got = np.array(cache.attend(q, k, v, StepContext.build(mx.array(reads), capacity), dim**-0.5).astype(mx.float32))
+    out = cache.attend(q, k, v, StepContext.build(mx.array(reads), capacity), dim**-0.5)
+    assert out.dtype == dtype
+    got = np.array(out.astype(mx.float32))
     if kv_bits is None:
         keys, values = cache.keys, cache.values
     else:

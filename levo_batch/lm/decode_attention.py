@@ -3,14 +3,15 @@
 One new token per row attends its own cache prefix `[0, positions[r]]`. At large batches a decoding step is
 bound by reading keys and values (LeVo 2 has no grouped KV heads), so the kernel reads each row's keys and
 values exactly once, only up to that row's length (a slot refilled later never reads the longest row's
-length), never materialises scores, masks or probabilities, and reads 8-bit caches in `mx.quantize`'s layout
-directly (dequantised in registers). MLX 0.32 on CUDA has no such kernel: its fused decode attention
-accepts no array mask, so the fallback is two matmuls and a masked softmax over the longest row's bucket.
+length), never materialises scores, masks or probabilities, and reads bf16 and fp16 caches as well as 8-bit
+caches in `mx.quantize`'s layout directly (dequantised in registers). MLX 0.32 on CUDA has no such kernel:
+its fused decode attention accepts no array mask, so the fallback is two matmuls and a masked softmax over the
+longest row's bucket.
 
 Work split: block (row·head, split) covers `CHUNK` keys of one row and head with 128 threads; a group of
-`D / 8` lanes (bf16: 16 bytes per lane) or `D / 16` lanes (8-bit) owns one key at a time and keeps an online
-softmax (running max, sum and output in float32); the block merges its groups, and a second small kernel
-merges the splits of each row and head. Splits past a row's length return at once.
+`D / 8` lanes (16-bit floats: 16 bytes per lane) or `D / 16` lanes (8-bit) owns one key at a time and keeps an
+online softmax (running max, sum and output in float32); the block merges its groups, and a second small
+kernel merges the splits of each row and head. Splits past a row's length return at once.
 
 `cuda_decode_attention` returns None where the kernel does not apply (not on CUDA, unsupported shapes), and
 the caller runs its portable path. On Metal, MLX's own fused attention already takes the mask in one kernel
@@ -38,6 +39,16 @@ __device__ __forceinline__ void levo_bf16x8(const uint4& w, float* out) {
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     float2 f = __bfloat1622float2(h[i]);
+    out[2 * i] = f.x;
+    out[2 * i + 1] = f.y;
+  }
+}
+
+__device__ __forceinline__ void levo_f16x8(const uint4& w, float* out) {
+  const __half2* h = reinterpret_cast<const __half2*>(&w);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 f = __half22float2(h[i]);
     out[2 * i] = f.x;
     out[2 * i + 1] = f.y;
   }
@@ -165,9 +176,13 @@ _FLOAT_LOADS = """
     kr[u] = *reinterpret_cast<const uint4*>(keys + (pos) * D + lane * VEC);             \\
     vr[u] = *reinterpret_cast<const uint4*>(values + (pos) * D + lane * VEC);           \\
   } while (0)
-#define K_AT(u, dst) levo_bf16x8(kr[u], dst)
-#define V_AT(u, dst) levo_bf16x8(vr[u], dst)
+#define K_AT(u, dst) HALF8(kr[u], dst)
+#define V_AT(u, dst) HALF8(vr[u], dst)
 """
+
+HALF8 = {mx.bfloat16: "levo_bf16x8", mx.float16: "levo_f16x8"}
+"""The 16-bit cache dtypes the kernel reads, each with its 8-values-per-16-bytes conversion; 8-bit caches of
+either model dtype keep their scales and biases in it."""
 
 # 8-bit caches in mx.quantize's layout: packed uint32 [.., D/4] (4 values per word, low byte first), scales
 # and biases [.., D/QGROUP]; value = scale * q + bias. A lane's 16 values lie in one group.
@@ -211,20 +226,24 @@ _COMBINE_BODY = """
 
 
 @lru_cache(maxsize=None)
-def _kernels(quantized: bool):
+def _kernels(quantized: bool, dtype: mx.Dtype):
+    """One kernel pair per cache layout and model dtype, each under its own name so compiled kernels of
+    different input types never share a cache entry."""
     inputs = ["qv", "positions", "scale"]
     inputs += ["k_packed", "k_scales", "k_biases", "v_packed", "v_scales", "v_biases"] if quantized \
         else ["keys", "values"]
+    loads = _QUANT_LOADS if quantized else f"#define HALF8 {HALF8[dtype]}\n{_FLOAT_LOADS}"
+    suffix = HALF8[dtype].removeprefix("levo_").removesuffix("x8")
     partial = mx.fast.cuda_kernel(
-        name="levo_decode_attn_q8" if quantized else "levo_decode_attn",
+        name=f"levo_decode_attn_{'q8_' if quantized else ''}{suffix}",
         input_names=inputs,
         output_names=["part_o", "part_ml"],
-        header=_HEADER + (_QUANT_LOADS if quantized else _FLOAT_LOADS),
+        header=_HEADER + loads,
         source=_PARTIAL_BODY,
         ensure_row_contiguous=False,
     )
     combine = mx.fast.cuda_kernel(
-        name="levo_decode_attn_combine",
+        name=f"levo_decode_attn_combine_{suffix}",
         input_names=["positions", "part_o", "part_ml"],
         output_names=["out"],
         source=_COMBINE_BODY,
@@ -233,22 +252,23 @@ def _kernels(quantized: bool):
 
 
 def applies(head_dim: int, dtype: mx.Dtype) -> bool:
-    """On MLX CUDA's GPU, for bf16 caches (8-bit ones of bf16 models) and head dims the lane layout covers;
-    `ENABLED` False forces the portable path (benchmarks compare the two)."""
-    return (ENABLED and mx.default_device() == mx.gpu and mx.cuda.is_available() and dtype == mx.bfloat16
+    """On MLX CUDA's GPU, for bf16 or fp16 caches (or 8-bit ones of such models) and head dims the lane layout
+    covers; `ENABLED` False forces the portable path (benchmarks compare the two)."""
+    return (ENABLED and mx.default_device() == mx.gpu and mx.cuda.is_available() and dtype in HALF8
             and head_dim % 16 == 0 and head_dim <= 256)
 
 
 def cuda_decode_attention(q: mx.array, cache: list[mx.array], positions: mx.array, length: int, scale: float,
                           group_size: int | None = None) -> mx.array:
     """`q` [R, H, 1, D] attends cache rows `[0, positions[r]]`; `cache` is `[keys, values]` `[R, H, C, D]`
-    (bf16) or the six `mx.quantize` arrays of 8-bit keys then values (`group_size` given). `length` bounds
-    every row's length (the step's bucket): it fixes the number of splits, so shapes repeat across steps."""
+    (bf16 or fp16, as `q`) or the six `mx.quantize` arrays of 8-bit keys then values (`group_size` given).
+    `length` bounds every row's length (the step's bucket): it fixes the number of splits, so shapes repeat
+    across steps."""
     rows, heads, _, dim = q.shape
     quantized = group_size is not None
     capacity = cache[0].shape[2]
     splits = -(-length // CHUNK)
-    partial, combine = _kernels(quantized)
+    partial, combine = _kernels(quantized, cache[-1].dtype)
     template = [("D", dim), ("VEC", 16 if quantized else 8), ("THREADS", THREADS), ("CHUNK", CHUNK),
                 ("CAPACITY", capacity), ("HEADS", heads)]
     if quantized:
