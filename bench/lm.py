@@ -41,11 +41,11 @@ WARMUP = 3
 
 
 def build_model(cfg: LMConfig, dtype: str) -> LeVoLM:
-    """Random model in `dtype` (fp32, bf16, q4, q8), projections fused as `MLXTokenGenerator` fuses them;
-    parameters are created lazily and evaluated one at a time, so the float32 initialisation of a
-    5-billion-parameter model is never held whole."""
+    """Random model in `dtype` (fp32, fp16, bf16, q4, q8; quantised ones keep bf16 scales), projections fused as
+    `MLXTokenGenerator` fuses them; parameters are created lazily and evaluated one at a time, so the float32
+    initialisation of a 5-billion-parameter model is never held whole."""
     model = LeVoLM(cfg)
-    model.set_dtype(mx.float32 if dtype == "fp32" else mx.bfloat16)
+    model.set_dtype({"fp32": mx.float32, "fp16": mx.float16}.get(dtype, mx.bfloat16))
     if dtype.startswith("q"):
         nn.quantize(model, group_size=64, bits=int(dtype[1:]))
     for _, value in tree_flatten(model.parameters()):
@@ -169,7 +169,8 @@ def time_row(model: LeVoLM, cfg: LMConfig, batch: int, steps: int, samples: int,
 
 def logit_errors(model: LeVoLM, cfg: LMConfig, timesteps: int, steps: int = 4) -> dict:
     """Relative RMS error of the processed logits of 2 songs over `steps` greedy steps from a 200-column history,
-    against bf16 caches read by the portable path: bf16 caches through the kernel, 8-bit caches through it.
+    against the model-precision caches read by the portable path: those caches through the kernel, 8-bit caches
+    through it.
     Only the first step compares like with like: once a near-tie flips a greedy choice (on an H200 with random
     weights, already at step 2), the songs differ and so do all later logits."""
     rng = np.random.default_rng(1)
@@ -188,7 +189,7 @@ def logit_errors(model: LeVoLM, cfg: LMConfig, timesteps: int, steps: int = 4) -
 
     want = run(None, False)
     errors = {}
-    for name, kv_bits in (("bf16 kernel", None), ("int8 kernel", 8)):
+    for name, kv_bits in (("16-bit kernel", None), ("int8 kernel", 8)):
         got = run(kv_bits, True)
         errors[name] = [float(np.sqrt(((got[i] - want[i]) ** 2).mean() / (want[i] ** 2).mean())) for i in range(steps)]
     return errors
@@ -198,8 +199,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="large", help=f"comma list of {','.join(LM_SIZES)}")
     ap.add_argument("--batches", default="1,16,32")
-    ap.add_argument("--dtypes", default="bf16", help="comma list of fp32, bf16, q4, q8 (model weights)")
-    ap.add_argument("--kv", default="bf16,int8", help="comma list of bf16, int8 (attention caches; int8 needs "
+    ap.add_argument("--dtypes", default="bf16", help="comma list of fp32, fp16, bf16, q4, q8 (model weights)")
+    ap.add_argument("--kv", default="auto,int8", help="comma list of auto (the weights' precision), int8 "
+                    "(attention caches; int8 needs "
                     "head_dim >= 32, so not with the tiny size)")
     ap.add_argument("--steps", type=int, default=30, help="timed decode steps per sampled position")
     ap.add_argument("--samples", type=int, default=4, help="positions sampled over the song")
@@ -207,11 +209,11 @@ def main() -> None:
     ap.add_argument("--attention", choices=("kernel", "portable"), default="kernel",
                     help="decode attention on CUDA: the split-K kernel or the portable masked path")
     ap.add_argument("--kv-error", action="store_true", help="first print the logit error of the kernel and of "
-                    "8-bit caches against bf16 caches on the portable path (MLX CUDA, bf16 weights)")
+                    "8-bit caches against 16-bit caches on the portable path (MLX CUDA, 16-bit weights)")
     ap.add_argument("--tiny", action="store_true", help="tiny model, batches 1,4, fp32: a CPU smoke run")
     args = ap.parse_args()
     if args.tiny:
-        args.sizes, args.batches, args.dtypes, args.kv, args.steps, args.samples = "tiny", "1,4", "fp32", "bf16", 5, 2
+        args.sizes, args.batches, args.dtypes, args.kv, args.steps, args.samples = "tiny", "1,4", "fp32", "auto", 5, 2
     decode_attention.ENABLED = args.attention == "kernel"
     bandwidth = copy_bandwidth()
     print(f"MLX {mx.__version__} on {mx.default_device()} ({mx.device_info().get('device_name', '?')}); "
@@ -225,7 +227,7 @@ def main() -> None:
             model = build_model(cfg, dtype)
             if args.kv_error:
                 for name, errs in logit_errors(model, cfg, timesteps).items():
-                    print(f"{size} {dtype}: {name} vs bf16 portable, rel. RMS logit error per step: "
+                    print(f"{size} {dtype}: {name} vs 16-bit portable, rel. RMS logit error per step: "
                           + " ".join(f"{e:.2e}" for e in errs), flush=True)
                 decode_attention.ENABLED = args.attention == "kernel"
             for kv, batch in ((kv, int(b)) for kv in args.kv.split(",") for b in args.batches.split(",")):

@@ -23,8 +23,11 @@ UPSTREAM_LOW_MEM_SAMPLING = {"temperature": 0.9, "top_k": 50}
 """Upstream's low-memory path samples differently from its default (SamplingParams' defaults)."""
 LOW_MEM_DECODER_BATCH = 1
 """Upstream's low-memory path decodes one window at a time, whatever --decoder-batch says."""
-KV_CACHE_BITS = {"bf16": None, "int8": 8}
-"""`--kv-cache` choices: the model's own precision, or 8-bit caches (see `levo_batch.lm.cache`)."""
+KV_CACHE_BITS = {"auto": None, "int8": 8}
+"""`--kv-cache` choices: the LM's own precision, or 8-bit caches (see `levo_batch.lm.cache`)."""
+GPU_LM_DTYPE = "fp16"
+"""The LM's precision on a GPU unless `--lm-dtype` says otherwise: upstream's, and measured about ten times
+closer to float32 logits than bf16 (README, "LM precision"; `bench/lm_precision.py`)."""
 
 
 @dataclass
@@ -33,7 +36,7 @@ class GenerationSettings:
     runtime: RuntimePaths
     low_mem: bool = False
     batch_size: int | None = None
-    kv_cache: str = "bf16"
+    kv_cache: str = "auto"
     decoder_batch: int = 4
     max_duration: float | None = None
     temperature: float | None = None
@@ -50,13 +53,13 @@ class GenerationSettings:
         return LOW_MEM_DECODER_BATCH if self.low_mem else self.decoder_batch
 
     def lm_load_dtype(self) -> str | None:
-        """bf16 on an MLX GPU, the precision the fused CUDA decode attention reads (fp16, upstream's and
-        measured closer to float32, is `--lm-dtype fp16`: README, "LM precision"); the stored one on the CPU."""
+        """`GPU_LM_DTYPE` on an MLX GPU; on the CPU the checkpoint's stored precision (fp16 and bf16 matmuls
+        are slow there)."""
         if self.lm_dtype is not None:
             return self.lm_dtype
         import mlx.core as mx
 
-        return "bf16" if mx.default_device() == mx.gpu else None
+        return GPU_LM_DTYPE if mx.default_device() == mx.gpu else None
 
     def sampling(self):
         """Upstream's sampling (low-memory variant with --low_mem), overridden by explicit flags; an unset

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from .backends import KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING, GenerationSettings
+from .backends import (GPU_LM_DTYPE, KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING,
+                       GenerationSettings)
 from .evaluate.cli import add_evaluate
 from .gen_types import FLAG_ORDER, GEN_TYPES
 from .lm.config import LM_VERSIONS, LMConfig
@@ -85,10 +86,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="songs generated at once by the LM (default auto: as many as free device memory holds "
                         "for the KV caches, at most 64; 8 on the CPU)")
     g.add_argument("--kv-cache", choices=tuple(KV_CACHE_BITS), default=DEFAULTS.kv_cache,
-                   help=f"LM attention cache precision (default {DEFAULTS.kv_cache}, faithful to upstream); int8 "
-                        "halves its "
-                        "memory and the bytes read per step (about twice the songs per batch, faster at large "
-                        "batches) at a small logit error")
+                   help=f"LM attention cache precision (default {DEFAULTS.kv_cache}: the LM's own, faithful to "
+                        "upstream); int8 halves its memory and the bytes read per step (about twice the songs per "
+                        "batch, faster at large batches) at a small logit error")
     g.add_argument("--decoder-batch", type=int, default=DEFAULTS.decoder_batch,
                    help=f"decoder windows processed at once (default {DEFAULTS.decoder_batch}; "
                         f"{LOW_MEM_DECODER_BATCH} with --low_mem)")
@@ -128,9 +128,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="torch.compile the decoder's flow transformer: ~30 s to compile, then faster windows; "
                         "worth it for long albums on CUDA (falls back to eager mode if compiling fails)")
     g.add_argument("--lm-dtype", choices=("bf16", "fp16", "fp32"), default=None,
-                   help="LM weight precision (default: bf16 on a GPU, which the fused CUDA attention reads, the "
-                        "checkpoint's own on the CPU; fp16 is upstream's and closer to float32; quantised "
-                        "checkpoints keep their bits)")
+                   help=f"LM weight precision (default: {GPU_LM_DTYPE} on a GPU, upstream's and the closest to "
+                        "float32; the checkpoint's own on the CPU; quantised checkpoints keep their bits)")
     g.add_argument("--device", default=None, help="torch device for decoder and prompt encoders "
                    "(default: cuda, else mps, else cpu)")
     add_shard_options(p)

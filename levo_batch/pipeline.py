@@ -94,16 +94,17 @@ class Summary:
     wall_seconds: float = 0.0
     outputs: list[Path] = field(default_factory=list)
     """SAVE_DIR's audio folder and output jsonl, named in the report."""
+    tokens_only: bool = False
+    """`done` counts songs whose tokens were made; no audio was written."""
 
     @property
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
     def report(self) -> str:
-        lines = [
-            f"done {len(self.done)}, skipped {len(self.skipped)}, failed {len(self.failed)}; "
-            f"{self.audio_seconds:.1f} s of audio in {self.wall_seconds:.1f} s"
-        ]
+        made = "tokens only, no audio" if self.tokens_only else f"{self.audio_seconds:.1f} s of audio"
+        lines = [f"done {len(self.done)}, skipped {len(self.skipped)}, failed {len(self.failed)}; "
+                 f"{made} in {self.wall_seconds:.1f} s"]
         lines += [f"  failed {idx}: {why}" for idx, why in self.failed.items()]
         if self.outputs:
             lines.append("outputs: " + ", ".join(map(str, self.outputs)))
@@ -115,7 +116,7 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
     started = time.monotonic()
     all_jobs, warnings = load_jobs(opts.input_path, strict=opts.strict, gen_type=opts.gen_type)
     jobs = opts.shard.select(all_jobs)
-    summary = Summary()
+    summary = Summary(tokens_only=opts.tokens_only)
     stems = GEN_TYPES[opts.gen_type].stems
     raise_if(save_dir_problems(opts.save_dir) + stages.check(not opts.decode_only))
     settings = stages.recipe(not opts.decode_only)
@@ -154,6 +155,8 @@ def run(opts: RunOptions, stages: Stages) -> Summary:
             todo = [job for job in todo if job.idx in prompts]
         if todo and not opts.decode_only:
             lm_phase(todo, prompts, opts, stages, store, recipes)
+            if opts.tokens_only:
+                summary.done = [job.idx for job in todo]
         if todo and not opts.tokens_only:
             decoder_phase(todo, prompts, opts, stages, store, summary, stems, recipes)
     if not opts.tokens_only:  # after releasing the lock, so that the last process to finish sees no live one

@@ -51,7 +51,7 @@ def test_upstream_memory_and_attention_flags_are_accepted():
 def test_batch_size_is_a_count_or_auto_and_kv_cache_a_precision(capsys):
     parse = build_parser().parse_args
     args = parse(["generate", "ck", "in.jsonl", "out"])
-    assert args.batch_size is None and args.kv_cache == "bf16"  # auto: sized from free device memory
+    assert args.batch_size is None and args.kv_cache == "auto"  # batch auto: sized from free device memory
     args = parse(["generate", "ck", "in.jsonl", "out", "--batch-size", "32", "--kv-cache", "int8"])
     assert args.batch_size == 32 and args.kv_cache == "int8"
     assert parse(["generate", "ck", "in.jsonl", "out", "--batch-size", "auto"]).batch_size is None

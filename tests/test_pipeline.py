@@ -91,8 +91,9 @@ def test_rerun_skips_finished_songs_and_overwrite_redoes_them(jobs_file, tmp_pat
 
 def test_tokens_only_then_decode_only(jobs_file, tmp_path):
     first = FakeStages()
-    run(options(jobs_file, tmp_path, tokens_only=True), first)
+    summary = run(options(jobs_file, tmp_path, tokens_only=True), first)
     assert "decoder" not in first.built and not (tmp_path / "out" / "audios").exists()
+    assert sorted(summary.done) == ["a", "b", "c"] and "tokens only, no audio" in summary.report()
     assert sorted(tokens_of(tmp_path / "out")) == ["a", "b", "c"]
     second = FakeStages()
     summary = run(options(jobs_file, tmp_path, decode_only=True), second)

@@ -7,7 +7,7 @@ buffer), so a step never concatenates or copies the cache.
 
 Each row attends only its own prefix `[0, reads[r]]` (`StepContext.reads`: its position, or 0 for an idle
 slot, which so costs next to nothing). On MLX CUDA a split-K kernel does this in one pass over each row's
-keys and values (`levo_batch.lm.decode_attention`), for bf16 and 8-bit caches alike. Elsewhere every row
+keys and values (`levo_batch.lm.decode_attention`), for 16-bit (fp16, bf16) and 8-bit caches alike. Elsewhere every row
 attends the same cache prefix (`StepContext.length`, the furthest row's position rounded up) with its later
 slots masked: on Metal MLX's fused decode kernel takes the mask, on the CPU (and for float32 models on CUDA)
 the attention is written out as two matmuls around a masked softmax with the score scale folded into the

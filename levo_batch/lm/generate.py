@@ -14,6 +14,7 @@ prefill and step-by-step decoding, which in float32 never flips a choice on the 
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
@@ -29,6 +30,8 @@ from levo_batch.lm.pattern import cut_at_eos, num_columns, revert_pattern
 from levo_batch.lm.sampling import SamplingParams
 from levo_batch.lm.tokenizer import TextTokenizers
 from levo_batch.stages import SongRequest, TokenSink
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -94,8 +97,10 @@ class MLXTokenGenerator:
                 queue.append(p)
         if not queue:
             return
-        slots = SongSlots(self.model, self.cfg, self.sampling, min(self.slots(), len(queue)), self.timesteps,
-                          kv_bits=self.kv_bits)
+        size = min(self.slots(), len(queue))
+        log.info("LM batch: %d songs at a time%s", size,
+                 "" if self.batch_size else " (--batch-size auto: what free device memory holds caches for)")
+        slots = SongSlots(self.model, self.cfg, self.sampling, size, self.timesteps, kv_bits=self.kv_bits)
         running: dict[int, SongRequest] = {}
         self._fill(slots, queue, running)
         pending: StepOutput | None = None
