@@ -26,6 +26,7 @@ from .progress import LMProgress, SongProgress, log, timed
 from .results import assemble_if_last
 from .shards import WHOLE, Shard, shard_lock
 from .stages import (
+    DEFAULT_SEED,
     AudioDecoder,
     DecodeRequest,
     Prompt,
@@ -71,7 +72,7 @@ class RunOptions:
     input_path: Path
     save_dir: Path
     gen_type: str = "mixed"
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     tokens_only: bool = False
     decode_only: bool = False
     overwrite: bool = False

@@ -15,6 +15,8 @@ import numpy as np
 
 SAMPLE_RATE = 48000
 FRAME_RATE = 25
+DEFAULT_SEED = 0
+"""The run seed when none is given (`--seed`)."""
 
 
 def derive_seed(*parts: object) -> int:
