@@ -7,14 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from .backends import KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING, GenerationSettings
+from .stages import KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING, GenerationSettings
 from .evaluate.cli import add_evaluate
 from .gen_types import FLAG_ORDER, GEN_TYPES
 from .lm.batch import CPU_SLOTS, MAX_AUTO_SLOTS
 from .lm.config import LM_VERSIONS, LMConfig
 from .lm.sampling import SamplingParams
 from .lowmem import LOW_MEM_THRESHOLDS_GIB
-from .stages import DEFAULT_SEED
+from .contracts import DEFAULT_SEED
 
 EXIT_FAILED_SONGS = 1
 EXIT_USAGE = 2
@@ -156,7 +156,7 @@ def add_shard_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .backends import DefaultStages
+    from .stages import DefaultStages
     from .errors import LevoError
     from .jobs import JobsError
     from .lowmem import memory_mode

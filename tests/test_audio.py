@@ -19,7 +19,7 @@ from levo_batch.audio import (
     resample,
     resample_kernel,
 )
-from levo_batch.stages import SAMPLE_RATE
+from levo_batch.contracts import SAMPLE_RATE
 
 
 def _sinc_reference(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -12,7 +12,7 @@ import levo_batch.decoder.septoken as septoken_module
 from levo_batch.decoder.septoken import SepTokenDecoder
 from levo_batch.gen_types import GEN_TYPES
 from levo_batch.runtime import RuntimePaths
-from levo_batch.stages import DecodeRequest, PromptAudio
+from levo_batch.contracts import DecodeRequest, PromptAudio
 
 TINY = {"n_layer": 2, "n_head": 4, "n_embd": 216, "n_inner": 432}
 

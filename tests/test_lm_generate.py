@@ -15,7 +15,7 @@ from levo_batch.lm.loading import load_lm
 from levo_batch.lm.pattern import cut_at_eos, num_columns, revert_pattern
 from levo_batch.lm.sampling import SamplingParams, choose, gumbel_noise, process_logits
 from levo_batch.lm.tokenizer import TextTokenizers
-from levo_batch.stages import SongRequest
+from levo_batch.contracts import SongRequest
 
 GREEDY = SamplingParams(greedy=True)
 SAMPLED = SamplingParams()
