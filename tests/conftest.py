@@ -1,13 +1,11 @@
 """Shared test helpers: where the golden fixtures live, and fixtures several test modules read."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-FIXTURES = Path(os.environ.get("LEVO_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+from fixture_meta import FIXTURES
 
 
 @pytest.fixture(scope="session")
