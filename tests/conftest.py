@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixture_meta import FIXTURES
+from fixture_meta import FIXTURES, encoder_meta
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +18,7 @@ def fixtures() -> Path:
 @pytest.fixture(scope="session")
 def encode_case(fixtures) -> dict:
     """encoder_tiny's recorded prompt encode (audio, mel, hidden states, codes)."""
-    return dict(np.load(fixtures / "encoder_tiny" / "encode_case.npz"))
+    return dict(np.load(fixtures / "encoder_tiny" / encoder_meta()["file"]))
 
 
 @pytest.fixture(scope="session")

@@ -56,3 +56,16 @@ def decoder_case(**properties) -> dict:
     found = decoder_cases(**properties)
     assert found, f"decoder_tiny records no case with {properties}"
     return found[0]
+
+
+def decoder_case_with(array: str) -> dict:
+    """The recorded decoder case whose file holds `array` (some debug arrays are recorded for one case only)."""
+    found = [case for case in decoder_meta()["cases"] if array in case["arrays"]]
+    assert found, f"decoder_tiny records {array} in no case"
+    return found[0]
+
+
+@cache
+def encoder_meta() -> dict:
+    """encoder_tiny/encoder_config.json: the case `file`, layers used, MusicFM calls, array shapes."""
+    return json.loads((FIXTURES / "encoder_tiny" / "encoder_config.json").read_text())
