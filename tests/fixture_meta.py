@@ -12,6 +12,8 @@ import os
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+
 FIXTURES = Path(os.environ.get("LEVO_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 """The fixture root: `$LEVO_FIXTURES`, else ../shared/fixtures beside the repository."""
 
@@ -20,6 +22,11 @@ FIXTURES = Path(os.environ.get("LEVO_FIXTURES", Path(__file__).resolve().parents
 def lm_cases() -> dict:
     """lm_tiny/cases.json: global facts (`generation`, `special_ids`, ...) and `jobs`, one per recorded song."""
     return json.loads((FIXTURES / "lm_tiny" / "cases.json").read_text())
+
+
+def lm_arrays(name: str):
+    """The arrays recorded for LM job `name` (its `case_<job>.npz`)."""
+    return np.load(FIXTURES / "lm_tiny" / f"case_{name}.npz")
 
 
 @cache
@@ -31,7 +38,7 @@ def decoder_meta() -> dict:
 def decoder_geometry() -> dict:
     """The tiny flow transformer's GPT-2 sizes, as `levo_decoder.json` states them."""
     gpt2 = decoder_meta()["septoken"]["GPT2Config"]
-    return {key: gpt2[key] for key in ("n_layer", "n_head", "n_embd", "n_inner")}
+    return {key: gpt2[key] for key in ("n_positions", "n_layer", "n_head", "n_embd", "n_inner")}
 
 
 def decoder_cases(*, windows: str = "any", duration: str = "default", prompt: bool = False) -> list[dict]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 import numpy as np
 import pytest
-from fixture_meta import lm_cases
+from fixture_meta import lm_arrays, lm_cases
 from lm_checkpoints import write_fixture_official_checkpoint, write_official_checkpoint, write_public_mlx_checkpoint
 
 from levo_batch.lm.batch import SongSlots
@@ -48,7 +48,7 @@ class RecordingSink:
 
 
 @pytest.fixture(scope="module")
-def cases(fixtures):
+def cases():
     return lm_cases()
 
 
@@ -69,12 +69,8 @@ def tok(fixtures):
     return TextTokenizers.from_dir(fixtures / "qwen2_tokenizer")
 
 
-def _arrays(fixtures, name):
-    return np.load(fixtures / "lm_tiny" / f"case_{name}.npz")
-
-
-def _song(fixtures, job, seed=0, idx=None, resume=None) -> SongRequest:
-    prompt = _arrays(fixtures, job["name"])["prompt_tokens"]
+def _song(job, seed=0, idx=None, resume=None) -> SongRequest:
+    prompt = lm_arrays(job["name"])["prompt_tokens"]
     inputs = job["codeclm_generate_inputs"]
     return SongRequest(idx or job["name"], inputs["lyrics"][0], inputs["descriptions"][0],
                        None if prompt.size == 0 else prompt[0], seed, resume)
@@ -94,11 +90,11 @@ def test_pattern_round_trip_and_eos_cut():
     assert np.array_equal(cut_at_eos(codes, 77), codes)
 
 
-def test_slots_reproduce_upstream_greedy_runs(fixtures, tiny, cases, recorded):
+def test_slots_reproduce_upstream_greedy_runs(tiny, cases, recorded):
     """All five jobs in one batch: written pattern, per-step argmax, processed logits, reverted and cut codes."""
     cfg, jobs = tiny.config, cases["jobs"]
     slots = SongSlots(tiny.model, cfg, GREEDY, len(jobs), recorded.frames, keep_logits=True)
-    arrays = [_arrays(fixtures, j["name"]) for j in jobs]
+    arrays = [lm_arrays(j["name"]) for j in jobs]
     for b, a in enumerate(arrays):
         lyrics, desc = a["cond_description"], a["cond_type_info"]
         p1 = mx.array(np.concatenate([lyrics, a["cond_prompt_audio_1"], desc], axis=1))
@@ -149,16 +145,16 @@ def checkpoint_every(cases) -> int:
 
 
 @pytest.fixture(scope="module")
-def greedy_run(fixtures, tiny, tok, cases, recorded, checkpoint_every):
+def greedy_run(tiny, tok, cases, recorded, checkpoint_every):
     """Every job through the generator in one batch (those that stop early leave it early)."""
     gen = _generator(tiny, tok, GREEDY, batch_size=len(cases["jobs"]), max_duration=recorded.seconds,
                      checkpoint_every=checkpoint_every)
     sink = RecordingSink()
-    gen.generate([_song(fixtures, j) for j in cases["jobs"]], sink)
+    gen.generate([_song(j) for j in cases["jobs"]], sink)
     return gen, sink
 
 
-def test_generator_tokens_match_upstream(fixtures, cases, greedy_run, recorded, checkpoint_every):
+def test_generator_tokens_match_upstream(cases, greedy_run, recorded, checkpoint_every):
     gen, sink = greedy_run
     assert gen.max_steps() == recorded.steps
     assert gen.fingerprint()["sampling"]["cfg_coef"] == cases["generation"]["cfg_coef"]
@@ -166,14 +162,14 @@ def test_generator_tokens_match_upstream(fixtures, cases, greedy_run, recorded, 
     for job in cases["jobs"]:
         name = job["name"]
         assert sink.tokens[name].dtype == np.int64
-        assert np.array_equal(sink.tokens[name], _arrays(fixtures, name)["greedy_tokens"][0]), name
+        assert np.array_equal(sink.tokens[name], lm_arrays(name)["greedy_tokens"][0]), name
         steps = _greedy_steps(job)
         assert sink.steps[name] == [(s, recorded.steps) for s in range(1, steps + 1)]
         checkpointed = [int(c["step"]) for c in sink.checkpoints[name]]
         assert checkpointed == list(range(checkpoint_every, steps, checkpoint_every))
 
 
-def test_resume_mid_song_gives_identical_tokens_greedy(fixtures, tiny, tok, cases, greedy_run, recorded):
+def test_resume_mid_song_gives_identical_tokens_greedy(tiny, tok, cases, greedy_run, recorded):
     """The song that ends earliest resumed at its last checkpoint (where the recording shows which codebooks had
     already ended) and the one that runs longest at its first, in one batch."""
     _, sink = greedy_run
@@ -181,11 +177,11 @@ def test_resume_mid_song_gives_identical_tokens_greedy(fixtures, tiny, tok, case
     late = max(cases["jobs"], key=_greedy_steps)
     states = {early["name"]: sink.checkpoints[early["name"]][-1], late["name"]: sink.checkpoints[late["name"]][0]}
     for job in (early, late):
-        state, written = states[job["name"]], _arrays(fixtures, job["name"])["greedy_pattern_sequence"][0]
+        state, written = states[job["name"]], lm_arrays(job["name"])["greedy_pattern_sequence"][0]
         step = int(state["step"])
         assert state["columns"].shape == (3, step + 1)
         assert state["ended"].tolist() == (written[:, 1 : step + 1] == tiny.config.eos_id).any(axis=1).tolist()
-    songs = [_song(fixtures, job, resume=states[job["name"]]) for job in (early, late)]
+    songs = [_song(job, resume=states[job["name"]]) for job in (early, late)]
     again = RecordingSink()
     _generator(tiny, tok, GREEDY, batch_size=2, max_duration=recorded.seconds).generate(songs, again)
     for job in (early, late):
@@ -194,12 +190,12 @@ def test_resume_mid_song_gives_identical_tokens_greedy(fixtures, tiny, tok, case
         assert again.steps[name][0] == (int(states[name]["step"]) + 1, recorded.steps)
 
 
-def test_sampled_run_replays_inside_upstream_choices(fixtures, tiny, cases, recorded):
+def test_sampled_run_replays_inside_upstream_choices(tiny, cases, recorded):
     """torch.multinomial cannot be reproduced: check each recorded draw against our processed logits."""
     cfg, model, generation = tiny.config, tiny.model, cases["generation"]
     sampled = [j["name"] for j in cases["jobs"] if "sampled" in j]
     assert sampled, "lm_tiny records no sampled run"
-    a = _arrays(fixtures, sampled[0])
+    a = lm_arrays(sampled[0])
     seq = a["sampled_pattern_sequence"][0]
     steps = seq.shape[1] - 1
     lyrics, desc = a["cond_description"], a["cond_type_info"]
@@ -253,20 +249,20 @@ SHORT_DELAYS = (0, 4, 4)
 """Batching and resume guarantees do not need upstream's 250-column delay; a short one keeps the runs fast."""
 
 
-def _short_songs(fixtures, cases):
+def _short_songs(cases):
     """Three recorded jobs, each with another kind of prompt where the recording has them (full, mixed row only,
     none)."""
     by_kind = {}
     for job in cases["jobs"]:
         by_kind.setdefault(job["prompt"]["kind"], job)
     jobs = [*by_kind.values(), *(j for j in cases["jobs"] if j not in by_kind.values())][:3]
-    return [_song(fixtures, job, seed=1000 + i) for i, job in enumerate(jobs)]
+    return [_song(job, seed=1000 + i) for i, job in enumerate(jobs)]
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
-def test_songs_do_not_depend_on_batch_mates(fixtures, tiny, tok, cases, sampling):
+def test_songs_do_not_depend_on_batch_mates(tiny, tok, cases, sampling):
     cfg = replace(tiny.config, delays=SHORT_DELAYS)
-    songs = _short_songs(fixtures, cases)
+    songs = _short_songs(cases)
     alone = {}
     for song in songs:
         sink = RecordingSink()
@@ -281,9 +277,9 @@ def test_songs_do_not_depend_on_batch_mates(fixtures, tiny, tok, cases, sampling
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
-def test_resume_from_every_checkpoint_gives_identical_tokens(fixtures, tiny, tok, cases, sampling):
+def test_resume_from_every_checkpoint_gives_identical_tokens(tiny, tok, cases, sampling):
     cfg = replace(tiny.config, delays=SHORT_DELAYS)
-    song = _short_songs(fixtures, cases)[1]
+    song = _short_songs(cases)[1]
     full = RecordingSink()
     _generator(tiny, tok, sampling, cfg, max_duration=0.8, checkpoint_every=6).generate([song], full)
     states = full.checkpoints[song.idx]
@@ -295,10 +291,10 @@ def test_resume_from_every_checkpoint_gives_identical_tokens(fixtures, tiny, tok
         assert np.array_equal(again.tokens[r.idx], full.tokens[song.idx]), r.idx
 
 
-def test_resume_state_from_another_duration_is_refused(fixtures, tiny, tok, cases, greedy_run, recorded):
+def test_resume_state_from_another_duration_is_refused(tiny, tok, cases, greedy_run, recorded):
     _, sink = greedy_run
     job = cases["jobs"][0]
-    song = _song(fixtures, job, resume=sink.checkpoints[job["name"]][0])
+    song = _song(job, resume=sink.checkpoints[job["name"]][0])
     with pytest.raises(ValueError, match=f"resume state is for {recorded.frames} frames.*same max_duration"):
         _generator(tiny, tok, GREEDY, max_duration=recorded.seconds / 2).generate([song], RecordingSink())
 
@@ -315,8 +311,8 @@ def test_resumed_song_that_had_ended_finishes_without_decoding(tiny, tok):
     assert sink.steps == {}
 
 
-def test_invalid_prompt_is_refused_before_any_decoding(fixtures, tiny, tok, cases, recorded):
-    good = _song(fixtures, cases["jobs"][0])
+def test_invalid_prompt_is_refused_before_any_decoding(tiny, tok, cases, recorded):
+    good = _song(cases["jobs"][0])
     bad = replace(good, idx="bad", prompt_tokens=np.zeros((2, 10), dtype=np.int64))
     sink = RecordingSink()
     with pytest.raises(ValueError, match=r"song bad: prompt tokens must be \[1, n\]"):
@@ -325,13 +321,13 @@ def test_invalid_prompt_is_refused_before_any_decoding(fixtures, tiny, tok, case
 
 
 @pytest.mark.parametrize("kv_bits", [None, 8])
-def test_quantised_model_generates_fresh_songs(fixtures, tok, cases, tmp_path, kv_bits):
+def test_quantised_model_generates_fresh_songs(tok, cases, tmp_path, kv_bits):
     """A fresh song has no history to embed: quantised embeddings must never see an empty array (three songs
     through two slots: first fills and a refill, with and without prompts), with float or 8-bit caches."""
     official = write_official_checkpoint(tmp_path / "official", {"lm": {"num_heads": 2}}, seed=4)
     q4 = load_lm(write_public_mlx_checkpoint(tmp_path / "q4", official, bits=4))
     cfg = replace(q4.config, delays=SHORT_DELAYS)
-    songs = _short_songs(fixtures, cases)
+    songs = _short_songs(cases)
     sink = RecordingSink()
     _generator(q4, tok, SAMPLED, cfg, batch_size=2, max_duration=0.8, kv_bits=kv_bits).generate(songs, sink)
     for song in songs:

@@ -3,7 +3,7 @@
 import mlx.core as mx
 import numpy as np
 import pytest
-from fixture_meta import lm_cases
+from fixture_meta import lm_arrays, lm_cases
 from lm_checkpoints import write_fixture_official_checkpoint, write_official_checkpoint, write_public_mlx_checkpoint
 from mlx.utils import tree_flatten
 
@@ -31,11 +31,7 @@ def fixture_prefix(arrays) -> tuple[mx.array, mx.array]:
             mx.array(np.concatenate([lyrics, arrays["cond_prompt_audio_2"], desc], axis=1)))
 
 
-def _arrays(fixtures, job):
-    return np.load(fixtures / "lm_tiny" / f"case_{job}.npz")
-
-
-def test_parameter_names_are_official_keys(fixtures, tiny):
+def test_parameter_names_are_official_keys(tiny):
     official = {k[len(OFFICIAL_PREFIX):]: tuple(s) for k, s in lm_cases()["state_dict_keys"].items()}
     used = {k: s for k, s in official.items() if not k.startswith(UNUSED_OFFICIAL)}
     ours = {k: tuple(v.shape) for k, v in tree_flatten(tiny.model.parameters())}
@@ -43,8 +39,8 @@ def test_parameter_names_are_official_keys(fixtures, tiny):
 
 
 @pytest.mark.parametrize("job", JOBS)
-def test_teacher_forced_logits_match_upstream(fixtures, tiny, job):
-    arrays = _arrays(fixtures, job)
+def test_teacher_forced_logits_match_upstream(tiny, job):
+    arrays = lm_arrays(job)
     p1, p2 = fixture_prefix(arrays)
     seq = mx.array(np.repeat(arrays["tf_sequence"], 2, axis=0))
     logits = np.array(tiny.model(p1, p2, seq))
@@ -52,8 +48,8 @@ def test_teacher_forced_logits_match_upstream(fixtures, tiny, job):
     np.testing.assert_allclose(logits, arrays["tf_logits"], atol=TOL, rtol=0)
 
 
-def test_hidden_states_match_upstream(fixtures, tiny):
-    arrays = _arrays(fixtures, JOBS[0])
+def test_hidden_states_match_upstream(tiny):
+    arrays = lm_arrays(JOBS[0])
     p1, p2 = fixture_prefix(arrays)
     x1, x2 = tiny.model.embed_codes(mx.array(np.repeat(arrays["tf_sequence"], 2, axis=0)))
     s1, s2 = mx.concatenate([p1, x1], axis=1), mx.concatenate([p2, x2], axis=1)
@@ -68,12 +64,12 @@ def test_hidden_states_match_upstream(fixtures, tiny):
 
 
 @pytest.mark.parametrize("fused_attention", [True, False], ids=["fused-attention", "cuda-attention"])
-def test_cached_steps_at_different_positions_match_teacher_forcing(fixtures, tiny, monkeypatch, fused_attention):
+def test_cached_steps_at_different_positions_match_teacher_forcing(tiny, monkeypatch, fused_attention):
     """Two songs in one cache, one two columns ahead: per-row RoPE offsets, cache writes and masks, through MLX's
     attention and through the hand-written masked attention used on CUDA."""
     monkeypatch.setattr("levo_batch.lm.cache.masked_fused_decode", lambda: fused_attention)
     model, cfg = tiny.model, tiny.config
-    jobs = [_arrays(fixtures, JOBS[0]), _arrays(fixtures, JOBS[-1])]
+    jobs = [lm_arrays(JOBS[0]), lm_arrays(JOBS[-1])]
     capacity = cfg.prefix_len + 8
     caches1 = [KVCache.zeros(4, cfg.num_heads, capacity, cfg.head_dim, mx.float32) for _ in range(cfg.num_layers)]
     caches2 = [KVCache.zeros(4, cfg.num_heads, capacity, cfg.head_dim, mx.float32) for _ in range(cfg.num_layers_sub)]
