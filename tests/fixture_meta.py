@@ -76,3 +76,8 @@ def decoder_case_with(array: str) -> dict:
 def encoder_meta() -> dict:
     """encoder_tiny/encoder_config.json: the case `file`, layers used, MusicFM calls, array shapes."""
     return json.loads((FIXTURES / "encoder_tiny" / "encoder_config.json").read_text())
+
+
+def decoder_arrays(case: dict):
+    """The arrays recorded for a decoder case (an entry of `decoder_meta()["cases"]`)."""
+    return np.load(FIXTURES / "decoder_tiny" / case["file"])

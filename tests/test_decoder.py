@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from fixture_meta import decoder_case, decoder_cases, decoder_geometry
+from fixture_meta import decoder_arrays, decoder_case, decoder_cases, decoder_geometry
 from safetensors.torch import load_file, save_file
 
 import levo_batch.decoder.septoken as septoken_module
@@ -52,10 +52,6 @@ def decoder(runtime):
     return SepTokenDecoder.load(runtime, device="cpu", batch_size=4)
 
 
-def load_case(fixtures, meta):
-    return np.load(fixtures / "decoder_tiny" / meta["file"])
-
-
 def recorded_decodes(meta) -> dict[str, str]:
     """Decode kind -> prefix of its arrays in the case file, in decode order (the case's entry in config.json)."""
     return {d["gen_type"]: d["prefix"] for d in meta["decodes"]}
@@ -85,8 +81,8 @@ def decode_one(decoder, request):
 
 
 @pytest.mark.parametrize("meta", decoder_cases(windows="one"), ids=lambda c: c["name"])
-def test_waveforms_match_upstream(fixtures, decoder, monkeypatch, meta):
-    case, prefixes = load_case(fixtures, meta), recorded_decodes(meta)
+def test_waveforms_match_upstream(decoder, monkeypatch, meta):
+    case, prefixes = decoder_arrays(meta), recorded_decodes(meta)
     gen_type = gen_type_of(prefixes)
     inject_recorded_noise(monkeypatch, case, prefixes)
     stems = decode_one(decoder, DecodeRequest(meta["name"], case["tokens"][0], gen_type, seed=0))
@@ -98,9 +94,9 @@ def test_waveforms_match_upstream(fixtures, decoder, monkeypatch, meta):
         np.testing.assert_allclose(stems[stem], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_long_song_windows_crossfaded(fixtures, decoder, monkeypatch):
+def test_long_song_windows_crossfaded(decoder, monkeypatch):
     meta = decoder_case(windows="several")
-    case = load_case(fixtures, meta)
+    case = decoder_arrays(meta)
     inject_recorded_noise(monkeypatch, case, recorded_decodes(meta))
     wav = decode_one(decoder, DecodeRequest("long", case["tokens"][0], "mixed", seed=0))["main"]
     assert wav.shape == (2, int(case["d0_wav_len"])) == tuple(meta["decodes"][0]["wav_shape"])
@@ -111,8 +107,8 @@ def test_long_song_windows_crossfaded(fixtures, decoder, monkeypatch):
     np.testing.assert_allclose((wav.astype(np.float64) ** 2).sum(1), case["d0_wav_sumsq_f64"], rtol=1e-5)
 
 
-def test_non_default_window_duration(fixtures, runtime_4s, monkeypatch):
-    case = load_case(fixtures, SHORT)
+def test_non_default_window_duration(runtime_4s, monkeypatch):
+    case = decoder_arrays(SHORT)
     inject_recorded_noise(monkeypatch, case, recorded_decodes(SHORT))
     decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
     wav = decode_one(decoder, DecodeRequest("d4", case["tokens"][0], "mixed", seed=0))["main"]
@@ -124,7 +120,7 @@ def test_prompt_audio_conditions_first_window(fixtures, runtime, decoder, monkey
     from levo_batch.decoder.vae import load_vae
 
     meta = decoder_case(windows="one", prompt=True)
-    case = load_case(fixtures, meta)
+    case = decoder_arrays(meta)
     inject_recorded_noise(monkeypatch, case, recorded_decodes(meta))
     w2v2 = json.loads((fixtures / "decoder_tiny" / "w2v2_config_tiny.json").read_text())
 
@@ -140,10 +136,10 @@ def test_prompt_audio_conditions_first_window(fixtures, runtime, decoder, monkey
     np.testing.assert_allclose(wav, case["d0_wav"], atol=1e-4, rtol=1e-4)
 
 
-def test_plain_bgm_ignores_prompt_like_upstream(fixtures, runtime_4s):
+def test_plain_bgm_ignores_prompt_like_upstream(runtime_4s):
     """generate.py never hands prompt audio to a plain --bgm / --vocal decode."""
     decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=2)
-    tokens = load_case(fixtures, decoder_case(windows="one"))["tokens"][0]
+    tokens = decoder_arrays(decoder_case(windows="one"))["tokens"][0]
     silence = PromptAudio(np.zeros((2, 96000), np.float32), np.zeros((2, 96000), np.float32))
     with_prompt = decode_one(decoder, DecodeRequest("a", tokens, "bgm", seed=3, prompt_audio=silence))
     without = decode_one(decoder, DecodeRequest("a", tokens, "bgm", seed=3))
@@ -169,12 +165,12 @@ class StubPromptModels:
     (True, [(True, False), (False, True), (True, True)]),  # vocal decode: bgm prompt zeroed; bgm: vocal zeroed
     (False, [(True, True)]),                               # generate_lowmem: mixed decode only
 ])
-def test_prompt_routing_for_separate(fixtures, runtime_4s, on_stems, expected):
+def test_prompt_routing_for_separate(runtime_4s, on_stems, expected):
     loaded = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
     stub = StubPromptModels()
     decoder = SepTokenDecoder(loaded.flow, loaded.vae, batch_size=4, prompt_models=lambda: (stub, stub),
                               prompt_on_stems=on_stems)
-    tokens = load_case(fixtures, decoder_case(windows="one"))["tokens"][0][:, :30]
+    tokens = decoder_arrays(decoder_case(windows="one"))["tokens"][0][:, :30]
     prompt = PromptAudio(np.ones((2, 96000), np.float32), np.ones((2, 96000), np.float32))
     stems = decode_one(decoder, DecodeRequest("s", tokens, "separate", seed=0, prompt_audio=prompt))
     assert stub.seen == expected and {k: v.shape for k, v in stems.items()} == dict.fromkeys(stems, (2, 57600))
@@ -182,9 +178,9 @@ def test_prompt_routing_for_separate(fixtures, runtime_4s, on_stems, expected):
     assert stub.seen == expected
 
 
-def test_batched_equals_alone_and_seeded(fixtures, runtime_4s):
+def test_batched_equals_alone_and_seeded(runtime_4s):
     """Batching changes only float rounding (GEMM blocking), ~1e-6; re-decoding is bit-identical."""
-    tokens = load_case(fixtures, SHORT)["tokens"][0]
+    tokens = decoder_arrays(SHORT)["tokens"][0]
     requests = [DecodeRequest("long", tokens, "mixed", seed=1),
                 DecodeRequest("sep", tokens[:, :40], "separate", seed=2),
                 DecodeRequest("bgm", tokens[:, :180], "bgm", seed=3)]
@@ -204,9 +200,9 @@ def test_batched_equals_alone_and_seeded(fixtures, runtime_4s):
     assert not np.allclose(batched["sep"]["main"], batched["sep"]["vocal"])
 
 
-def test_a_songs_audio_does_not_depend_on_its_batch_mates(fixtures, runtime_4s):
+def test_a_songs_audio_does_not_depend_on_its_batch_mates(runtime_4s):
     """Issue 10, item 6: ±1 LSB on ~0.4 % of samples depended on which songs shared the decoder batch."""
-    tokens = load_case(fixtures, SHORT)["tokens"][0]
+    tokens = decoder_arrays(SHORT)["tokens"][0]
     song = DecodeRequest("song", tokens[:, :180], "mixed", seed=5)
     mates = [DecodeRequest("long", tokens, "mixed", seed=1), DecodeRequest("sep", tokens[:, :40], "separate", seed=2)]
     decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from fixture_meta import decoder_case, decoder_case_with, decoder_geometry
+from fixture_meta import decoder_arrays, decoder_case, decoder_case_with, decoder_geometry
 from safetensors.torch import save_file
 
 from levo_batch.codec.weights import SafetensorsDict
@@ -33,10 +33,6 @@ def septoken(fixtures):
 @pytest.fixture(scope="module")
 def flow(septoken):
     return FlowDecoder.from_state_dict(septoken, TINY)
-
-
-def load_case(fixtures, meta):
-    return np.load(fixtures / "decoder_tiny" / meta["file"])
 
 
 def input_codes(case, prefix="d0_"):
@@ -68,8 +64,8 @@ def recorded_noise(case, prefix):
 # --- estimator -------------------------------------------------------------------------------------------
 
 
-def test_estimator_step0_output(fixtures, septoken):
-    case = load_case(fixtures, DEBUG)
+def test_estimator_step0_output(septoken):
+    case = decoder_arrays(DEBUG)
     est = Estimator.from_state_dict(septoken, TINY)
     t = torch.from_numpy(case["d0_chunk0_est_t"])
     with torch.no_grad():
@@ -99,9 +95,9 @@ def test_config_file_overrides_defaults(tmp_path):
 # --- flow (inference_codes + solve_euler) ---------------------------------------------------------------
 
 
-def test_flow_inputs_velocities_and_latents(fixtures, flow):
+def test_flow_inputs_velocities_and_latents(flow):
     """Step-0 estimator input (uncond first), CFG velocity of every step, final latents."""
-    case = load_case(fixtures, DEBUG)
+    case = decoder_arrays(DEBUG)
     codes = torch.from_numpy(window_codes(case, "d0_", 0))
     calls = []
     hook = flow.estimator.register_forward_hook(lambda module, args, out: calls.append((args[0], out)))
@@ -135,10 +131,10 @@ def test_solve_euler_reimposes_prefix_every_step():
     assert [t for t, _ in seen] == [0.0, 0.25, 0.5, 0.75]
 
 
-def test_windows_chain_in_context(fixtures, flow):
+def test_windows_chain_in_context(flow):
     """Window codes after tiling and every window's latents, window k>0 conditioned on window k-1 (short windows:
     upstream's code2sound with a non-default duration; the long case runs end to end in test_decoder)."""
-    case, decode = load_case(fixtures, SHORT), SHORT["decodes"][0]
+    case, decode = decoder_arrays(SHORT), SHORT["decodes"][0]
     plan = WindowPlan.for_duration(SHORT["code2sound_duration"])
     song = SongWindows("short", input_codes(case), recorded_noise(case, "d0_"), plan)
     assert (len(song.starts), song.target_len) == (decode["n_flow_windows"], decode["wav_shape"][-1])
@@ -150,10 +146,10 @@ def test_windows_chain_in_context(fixtures, flow):
         np.testing.assert_allclose(latents.numpy(), case[f"d0_chunk{k}_latents"][0], atol=1e-4, rtol=1e-4)
 
 
-def test_batched_windows_equal_alone(fixtures, flow):
+def test_batched_windows_equal_alone(flow):
     """Songs of different lengths (so different in-context lengths share a batch) sampled together give the
     same latents as one at a time (short windows keep this cheap)."""
-    codes = input_codes(load_case(fixtures, SHORT))
+    codes = input_codes(decoder_arrays(SHORT))
     plan = WindowPlan.for_duration(SHORT["code2sound_duration"])
     full = codes.shape[1]
     lengths = (full, plan.frames // 2, full * 3 // 4)

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixture_meta import decoder_case, decoder_meta
+from fixture_meta import decoder_arrays, decoder_case, decoder_meta
 from safetensors.torch import load_file, save_file
 
 from levo_batch.decoder.vae import OobleckVAE, VAEConfig, load_vae
@@ -79,8 +79,8 @@ def test_encoder_and_sampled_bottleneck_match_upstream(vae, unit):
     assert_close(vae.encode(audio, noise=torch.from_numpy(unit["vae_bottleneck_noise"])), unit["enc_latents"])
 
 
-def test_prompt_mix_encode_matches_upstream(vae, tiny):
-    case = np.load(tiny / decoder_case(windows="one", prompt=True)["file"])
+def test_prompt_mix_encode_matches_upstream(vae):
+    case = decoder_arrays(decoder_case(windows="one", prompt=True))
     mix = torch.from_numpy(case["prompt_raw_vocal_wav"] + case["prompt_raw_bgm_wav"])  # [2, N] as upstream
     latents = vae.encode_audio(mix, noise=torch.from_numpy(case["d0_vae_bottleneck_noise"]))
     assert_close(latents, case["d0_vae_enc_out"])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from fixture_meta import decoder_meta
+from fixture_meta import decoder_arrays, decoder_meta
 from safetensors.torch import save_file
 
 from levo_batch.codec.vq import SingleVQ
@@ -39,8 +39,8 @@ def test_from_codes_matches_upstream_dequantisation(septoken, unit, name, prefix
     np.testing.assert_allclose(feats.numpy(), unit[f"unit_sep_{name}_from_codes"], atol=1e-5, rtol=1e-4)
 
 
-def test_window_embeddings_match_decoder_fixture(septoken, fixtures):
-    case = np.load(fixtures / "decoder_tiny" / decoder_meta()["cases"][0]["file"])
+def test_window_embeddings_match_decoder_fixture(septoken):
+    case = decoder_arrays(decoder_meta()["cases"][0])
     for stream, prefix in [("vocal", "rvq_bestrq_emb."), ("bgm", "rvq_bestrq_bgm_emb.")]:
         vq = SingleVQ.from_state_dict(septoken, prefix)
         feats = vq.embed(torch.from_numpy(case[f"d0_chunk0_codes_{stream}"][:, 0])).transpose(1, 2)
