@@ -83,8 +83,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--not_use_flash_attn", action="store_true", help=argparse.SUPPRESS)
     g = p.add_argument_group("levo_batch options")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED,
-                   help=f"run seed (default {DEFAULT_SEED}); each song's seed is derived from it and its idx, so a song "
-                        "renders the same whatever else is in the file")
+                   help=f"run seed (default {DEFAULT_SEED}); each song's seed is derived from it and its idx, so a "
+                        "song renders the same whatever else is in the file")
     g.add_argument("--batch-size", type=batch_size_arg, default=DEFAULTS.batch_size, metavar="N|auto",
                    help="songs generated at once by the LM (default auto: as many as free device memory holds "
                         f"for the KV caches, {AUTO_BATCH_CAP})")
