@@ -24,7 +24,7 @@ import torch
 
 from common import TensorSpec, decoder_weight, find_fixtures, write_safetensors
 from levo_batch.codec.septoken_encoder import RVQ1Encoder, SepTokenEncoder
-from levo_batch.stages import SAMPLE_RATE
+from levo_batch.contracts import SAMPLE_RATE
 from levo_batch.torch_utils import torch_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -33,7 +33,7 @@ from levo_batch.decoder.septoken import SepTokenDecoder, default_flow_dtype
 from levo_batch.decoder.vae import OobleckVAE, VAEConfig
 from levo_batch.gen_types import GEN_TYPES
 from levo_batch.runtime import RuntimePaths
-from levo_batch.stages import DecodeRequest
+from levo_batch.contracts import DecodeRequest
 from levo_batch.torch_utils import torch_device
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

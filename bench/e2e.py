@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from levo_batch.backends import KV_CACHE_BITS, GenerationSettings
+from levo_batch.stages import KV_CACHE_BITS, GenerationSettings
 
 from common import find_fixtures, lm_config, write_lm_checkpoint, write_runtime, write_songs
 
@@ -202,7 +202,7 @@ def seed_tokens(save_dir: Path, jsonl: Path, duration: float, seed: int = 0) -> 
     import numpy as np
 
     from levo_batch.jobs import load_jobs
-    from levo_batch.stages import FRAME_RATE
+    from levo_batch.contracts import FRAME_RATE
     from levo_batch.store import TokenStore
 
     store = TokenStore(save_dir)
@@ -220,7 +220,7 @@ def render(args: argparse.Namespace, work: Path) -> tuple[object, Timings, float
     """Run the pipeline on the album; returns its summary, the phase timings and the wall time."""
     import mlx.core as mx
 
-    from levo_batch.backends import DefaultStages, GenerationSettings
+    from levo_batch.stages import DefaultStages, GenerationSettings
     from levo_batch.pipeline import RunOptions, run
 
     if args.tiny:

@@ -29,7 +29,7 @@ import numpy as np
 from common import LM_SIZES
 from mlx.utils import tree_flatten
 
-from levo_batch.backends import KV_CACHE_BITS
+from levo_batch.stages import KV_CACHE_BITS
 from levo_batch.lm import decode_attention
 from levo_batch.lm.batch import SongSlots
 from levo_batch.lm.config import LMConfig

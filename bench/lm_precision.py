@@ -98,7 +98,7 @@ def greedy_agreement(fixtures: Path, dtype) -> tuple[int, int, float]:
     from levo_batch.lm.generate import MLXTokenGenerator
     from levo_batch.lm.sampling import SamplingParams
     from levo_batch.lm.tokenizer import TextTokenizers
-    from levo_batch.stages import SongRequest
+    from levo_batch.contracts import SongRequest
 
     cfg, model, _ = fixture_cases(fixtures)
     model.set_dtype(dtype)

@@ -30,7 +30,7 @@ from levo_batch.jobs import Job
 from levo_batch.prompts.prepare import PromptPreparer
 from levo_batch.prompts.separation import HTDEMUCS_HPARAMS
 from levo_batch.runtime import RuntimePaths
-from levo_batch.stages import SAMPLE_RATE
+from levo_batch.contracts import SAMPLE_RATE
 
 TINY_DEMUCS = dict(HTDEMUCS_HPARAMS, channels=4, bottom_channels=16, t_layers=1, t_heads=2, dconv_comp=2)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from levo_batch.audio_formats import UndecodableAudio, decode
-from levo_batch.stages import SAMPLE_RATE
+from levo_batch.contracts import SAMPLE_RATE
 
 LOWPASS_FILTER_WIDTH = 6
 ROLLOFF = 0.99

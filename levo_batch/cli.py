@@ -7,13 +7,15 @@ import os
 import sys
 from pathlib import Path
 
-from .backends import (GPU_LM_DTYPE, KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING,
-                       GenerationSettings)
+from .contracts import DEFAULT_SEED
 from .evaluate.cli import add_evaluate
 from .gen_types import FLAG_ORDER, GEN_TYPES
+from .lm.batch import CPU_SLOTS, MAX_AUTO_SLOTS
 from .lm.config import LM_VERSIONS, LMConfig
 from .lm.sampling import SamplingParams
 from .lowmem import LOW_MEM_THRESHOLDS_GIB
+from .stages import (GPU_LM_DTYPE, KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING,
+                     GenerationSettings)
 
 EXIT_FAILED_SONGS = 1
 EXIT_USAGE = 2
@@ -24,6 +26,8 @@ DEFAULTS = GenerationSettings
 
 _LOW_MEM_SAMPLING = "temperature {temperature}, top-k {top_k}".format(**UPSTREAM_LOW_MEM_SAMPLING)
 _PRECEDENCE = " beats ".join(f"--{flag}" for flag in reversed(FLAG_ORDER))
+AUTO_BATCH_CAP = f"at most {MAX_AUTO_SLOTS}; {CPU_SLOTS} on the CPU"
+"""How far `--batch-size auto` goes, as `--help` says it (README's option table quotes it)."""
 _LOW_MEM_DECODE = f"prompt audio only on the mixed decode, decoder batch {LOW_MEM_DECODER_BATCH}"
 
 UPSTREAM_FLAGS = f"""\
@@ -79,12 +83,12 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help=argparse.SUPPRESS)
     p.add_argument("--not_use_flash_attn", action="store_true", help=argparse.SUPPRESS)
     g = p.add_argument_group("levo_batch options")
-    g.add_argument("--seed", type=int, default=0,
-                   help="run seed (default 0); each song's seed is derived from it and its idx, so a song "
-                        "renders the same whatever else is in the file")
+    g.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"run seed (default {DEFAULT_SEED}); each song's seed is derived from it and its idx, so a "
+                        "song renders the same whatever else is in the file")
     g.add_argument("--batch-size", type=batch_size_arg, default=DEFAULTS.batch_size, metavar="N|auto",
                    help="songs generated at once by the LM (default auto: as many as free device memory holds "
-                        "for the KV caches, at most 64; 8 on the CPU)")
+                        f"for the KV caches, {AUTO_BATCH_CAP})")
     g.add_argument("--kv-cache", choices=tuple(KV_CACHE_BITS), default=DEFAULTS.kv_cache,
                    help=f"LM attention cache precision (default {DEFAULTS.kv_cache}: the LM's own, faithful to "
                         "upstream); int8 halves its memory and the bytes read per step (about twice the songs per "
@@ -151,7 +155,7 @@ def add_shard_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .backends import DefaultStages
+    from .stages import DefaultStages
     from .errors import LevoError
     from .jobs import JobsError
     from .lowmem import memory_mode

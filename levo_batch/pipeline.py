@@ -2,7 +2,7 @@
 
 Each phase loads its model once and hands all pending songs to it; every result is persisted as soon as it
 exists (token records, mid-song checkpoints, FLACs), so a run stopped at any point is resumed by running the
-same command again. The models are reached only through `Stages`, which tests replace with small doubles.
+same command again. The models are reached only through `contracts.Stages`, which tests replace with small doubles.
 """
 
 from __future__ import annotations
@@ -10,12 +10,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from . import provenance
 from .atomic import sweep_temp_files
+from .contracts import DEFAULT_SEED, AudioDecoder, DecodeRequest, Prompt, SongRequest, Stages, song_seed
 from .errors import PromptError, StorageError
 from .gen_types import GEN_TYPES
 from .interrupt import StopRequested, interruptible, stop_at_once
@@ -25,45 +26,8 @@ from .preflight import Needs, decode_only_problems, raise_if, save_dir_problems
 from .progress import LMProgress, SongProgress, log, timed
 from .results import assemble_if_last
 from .shards import WHOLE, Shard, shard_lock
-from .stages import (
-    AudioDecoder,
-    DecodeRequest,
-    Prompt,
-    SongRequest,
-    TokenGenerator,
-    song_seed,
-)
 from .store import Fingerprint, TokenStore, read_record, record_problem
 from .text import lm_texts
-
-
-class PromptSource(Protocol):
-    def prepare(self, job: Job, seed: int) -> Prompt: ...
-
-    def release(self) -> None:
-        """Free the separator and encoders: the LM and decoder need the memory next."""
-
-
-class Stages(Protocol):
-    """Factories for the models; each is called at most once per run, only when its phase has work."""
-
-    def check(self, lm: bool) -> list[str]:
-        """Up-front problems of the settings (and of the LM checkpoint when `lm`), one line each."""
-
-    def assets(self, needs: Needs) -> list[str]:
-        """Missing files among those the pending songs need, one line each."""
-
-    def recipe(self, lm: bool) -> dict:
-        """Settings that decide the audio (`"decoder"`, and `"lm"` when `lm`), without loading a model."""
-
-    def lm_version(self) -> str:
-        """The checkpoint's text conventions (`levo_batch.lm.config.LM_VERSIONS`), known after `check(True)`."""
-
-    def prompts(self) -> PromptSource: ...
-
-    def generator(self) -> TokenGenerator: ...
-
-    def decoder(self) -> AudioDecoder: ...
 
 
 @dataclass
@@ -71,7 +35,7 @@ class RunOptions:
     input_path: Path
     save_dir: Path
     gen_type: str = "mixed"
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     tokens_only: bool = False
     decode_only: bool = False
     overwrite: bool = False

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 from .errors import LevoError, first_few
 
 if TYPE_CHECKING:
-    from .backends import GenerationSettings
+    from .stages import GenerationSettings
     from .jobs import Job
 
 

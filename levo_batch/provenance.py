@@ -20,7 +20,7 @@ import orjson
 from .atomic import atomic_write_bytes
 from .errors import LevoError, first_few
 from .outputs import audio_paths
-from .stages import song_seed
+from .contracts import song_seed
 from .store import canonical, differences, file_sha256, move_aside
 
 if TYPE_CHECKING:

@@ -1,13 +1,11 @@
 """Shared test helpers: where the golden fixtures live, and fixtures several test modules read."""
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-FIXTURES = Path(os.environ.get("LEVO_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+from fixture_meta import FIXTURES, encoder_meta
 
 
 @pytest.fixture(scope="session")
@@ -20,7 +18,7 @@ def fixtures() -> Path:
 @pytest.fixture(scope="session")
 def encode_case(fixtures) -> dict:
     """encoder_tiny's recorded prompt encode (audio, mel, hidden states, codes)."""
-    return dict(np.load(fixtures / "encoder_tiny" / "encode_case.npz"))
+    return dict(np.load(fixtures / "encoder_tiny" / encoder_meta()["file"]))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """Deterministic test doubles for the model stages (never shipped): they let the pipeline be tested in
-milliseconds while keeping the contracts of `levo_batch.stages` (checkpoints, resume, per-song seeds)."""
+milliseconds while keeping the contracts of `levo_batch.contracts` (checkpoints, resume, per-song seeds)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from levo_batch.gen_types import GEN_TYPES
-from levo_batch.stages import DecodeRequest, Prompt, PromptAudio, SongRequest, TokenSink
+from levo_batch.contracts import DecodeRequest, Prompt, PromptAudio, SongRequest, TokenSink
 
 STEM_GAIN = {"main": 1.0, "vocal": 0.5, "bgm": 0.25}
 """FakeDecoder's stems: the main tone scaled, so each stem file differs."""

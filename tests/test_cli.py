@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from levo_batch.cli import build_parser, gen_type_of, main
+from levo_batch.cli import AUTO_BATCH_CAP, build_parser, gen_type_of, main
 from levo_batch.lm.config import LMConfig
 from levo_batch.lm.sampling import SamplingParams
 
@@ -268,12 +268,14 @@ def test_save_dir_that_is_a_file_exits_2(tiny, tmp_path, capsys):
 
 
 def test_readme_option_table_states_the_parser_defaults():
-    """README's table restates the defaults for readers; the parser (reading `GenerationSettings` and
-    `SamplingParams`) is the source, so the table must follow it."""
+    """README's table restates the defaults and the auto batch cap for readers; the parser (reading
+    `GenerationSettings`, `SamplingParams` and the LM's slot bounds) is the source, so the table must follow it."""
     cell = r"(?:[^|\\]|\\.)+"  # a table cell; `\|` is an escaped pipe inside it
-    rows = re.findall(rf"^\| `(--[a-z-]+){cell}\| ({cell}) \|", (REPO / "README.md").read_text(), re.M)
+    readme = (REPO / "README.md").read_text()
+    rows = re.findall(rf"^\| `(--[a-z-]+){cell}\| ({cell}) \|", readme, re.M)
     table = {flag: default.strip() for flag, default in rows}
     generate = build_parser().parse_args(["generate", "ck", "in.jsonl", "out"])
     for flag in ("--seed", "--kv-cache", "--decoder-batch", "--checkpoint-every"):
         assert table[flag] == str(getattr(generate, flag[2:].replace("-", "_"))), flag
     assert table["--temperature"] == f"{SamplingParams.temperature}, {SamplingParams.top_k}, {LMConfig.cfg_coef}"
+    assert f"({AUTO_BATCH_CAP})" in re.search(r"^\| `--batch-size.*$", readme, re.M).group()

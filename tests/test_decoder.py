@@ -6,16 +6,17 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from fixture_meta import decoder_arrays, decoder_case, decoder_cases, decoder_geometry
 from safetensors.torch import load_file, save_file
 
 import levo_batch.decoder.septoken as septoken_module
 from levo_batch.decoder.septoken import SepTokenDecoder
 from levo_batch.gen_types import GEN_TYPES
 from levo_batch.runtime import RuntimePaths
-from levo_batch.stages import DecodeRequest, PromptAudio
+from levo_batch.contracts import DecodeRequest, PromptAudio
 
-TINY = {"n_layer": 2, "n_head": 4, "n_embd": 216, "n_inner": 432}
-
+SHORT = decoder_case(windows="several", duration="other")
+"""The recorded run with non-default (short) flow windows: cheap to decode again."""
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,7 +29,7 @@ def make_runtime(root, fixtures, **overrides) -> RuntimePaths:
     runtime.septoken.parent.mkdir(parents=True)
     runtime.vae_config.parent.mkdir(parents=True)
     shutil.copy(src / "septoken_model.safetensors", runtime.septoken)
-    (runtime.septoken.parent / "levo_decoder.json").write_text(json.dumps({**TINY, **overrides}))
+    (runtime.septoken.parent / "levo_decoder.json").write_text(json.dumps({**decoder_geometry(), **overrides}))
     shutil.copy(src / "vae_config.json", runtime.vae_config)
     torch.save({"state_dict": load_file(src / "vae.safetensors")}, runtime.vae_weights)
     return runtime
@@ -41,8 +42,9 @@ def runtime(tmp_path_factory, fixtures):
 
 @pytest.fixture(scope="module")
 def runtime_4s(tmp_path_factory, fixtures):
-    """Upstream's code2sound(duration=4) with 64-frame VAE chunks: 100-frame windows, cheap to run."""
-    return make_runtime(tmp_path_factory.mktemp("runtime4"), fixtures, duration=4, vae_chunk_size=64)
+    """Upstream's code2sound with the short windows and VAE chunks `SHORT` was recorded with."""
+    return make_runtime(tmp_path_factory.mktemp("runtime4"), fixtures, duration=SHORT["code2sound_duration"],
+                        vae_chunk_size=SHORT["vae_chunk_size"])
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +52,9 @@ def decoder(runtime):
     return SepTokenDecoder.load(runtime, device="cpu", batch_size=4)
 
 
-def load_case(fixtures, name):
-    return np.load(fixtures / "decoder_tiny" / f"case_{name}.npz")
-
-
-def recorded_decodes(fixtures, name) -> dict[str, str]:
+def recorded_decodes(meta) -> dict[str, str]:
     """Decode kind -> prefix of its arrays in the case file, in decode order (the case's entry in config.json)."""
-    meta = json.loads((fixtures / "decoder_tiny" / "config.json").read_text())
-    case = next(c for c in meta["cases"] if c["name"] == name)
-    return {d["gen_type"]: d["prefix"] for d in case["decodes"]}
+    return {d["gen_type"]: d["prefix"] for d in meta["decodes"]}
 
 
 def gen_type_of(prefixes: dict[str, str]) -> str:
@@ -84,12 +80,12 @@ def decode_one(decoder, request):
     return results[0][1]
 
 
-@pytest.mark.parametrize("name", ["mixed_4s", "bgm_3s", "vocal_2s", "separate_2s28"])
-def test_waveforms_match_upstream(fixtures, decoder, monkeypatch, name):
-    case, prefixes = load_case(fixtures, name), recorded_decodes(fixtures, name)
+@pytest.mark.parametrize("meta", decoder_cases(windows="one"), ids=lambda c: c["name"])
+def test_waveforms_match_upstream(decoder, monkeypatch, meta):
+    case, prefixes = decoder_arrays(meta), recorded_decodes(meta)
     gen_type = gen_type_of(prefixes)
     inject_recorded_noise(monkeypatch, case, prefixes)
-    stems = decode_one(decoder, DecodeRequest(name, case["tokens"][0], gen_type, seed=0))
+    stems = decode_one(decoder, DecodeRequest(meta["name"], case["tokens"][0], gen_type, seed=0))
     expected = {stem: prefixes[kind] for stem, kind in GEN_TYPES[gen_type].decodes}
     assert set(stems) == set(expected)
     for stem, prefix in expected.items():
@@ -98,11 +94,12 @@ def test_waveforms_match_upstream(fixtures, decoder, monkeypatch, name):
         np.testing.assert_allclose(stems[stem], ref, atol=1e-4, rtol=1e-4)
 
 
-def test_long_song_two_windows_crossfaded(fixtures, decoder, monkeypatch):
-    case = load_case(fixtures, "long_40s12")
-    inject_recorded_noise(monkeypatch, case, recorded_decodes(fixtures, "long_40s12"))
+def test_long_song_windows_crossfaded(decoder, monkeypatch):
+    meta = decoder_case(windows="several")
+    case = decoder_arrays(meta)
+    inject_recorded_noise(monkeypatch, case, recorded_decodes(meta))
     wav = decode_one(decoder, DecodeRequest("long", case["tokens"][0], "mixed", seed=0))["main"]
-    assert wav.shape == (2, int(case["d0_wav_len"])) == (2, 1925759)
+    assert wav.shape == (2, int(case["d0_wav_len"])) == tuple(meta["decodes"][0]["wav_shape"])
     head, tail = case["d0_wav_head"], case["d0_wav_tail"]
     np.testing.assert_allclose(wav[:, : head.shape[1]], head, atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(wav[:, -tail.shape[1] :], tail, atol=1e-4, rtol=1e-4)
@@ -110,9 +107,9 @@ def test_long_song_two_windows_crossfaded(fixtures, decoder, monkeypatch):
     np.testing.assert_allclose((wav.astype(np.float64) ** 2).sum(1), case["d0_wav_sumsq_f64"], rtol=1e-5)
 
 
-def test_non_default_window_duration(fixtures, runtime_4s, monkeypatch):
-    case = load_case(fixtures, "dur4_10s04")
-    inject_recorded_noise(monkeypatch, case, recorded_decodes(fixtures, "dur4_10s04"))
+def test_non_default_window_duration(runtime_4s, monkeypatch):
+    case = decoder_arrays(SHORT)
+    inject_recorded_noise(monkeypatch, case, recorded_decodes(SHORT))
     decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
     wav = decode_one(decoder, DecodeRequest("d4", case["tokens"][0], "mixed", seed=0))["main"]
     np.testing.assert_allclose(wav, case["d0_wav"], atol=1e-4, rtol=1e-4)
@@ -122,8 +119,9 @@ def test_prompt_audio_conditions_first_window(fixtures, runtime, decoder, monkey
     encoder_module = pytest.importorskip("levo_batch.codec.septoken_encoder")
     from levo_batch.decoder.vae import load_vae
 
-    case = load_case(fixtures, "prompt_mixed_3s")
-    inject_recorded_noise(monkeypatch, case, recorded_decodes(fixtures, "prompt_mixed_3s"))
+    meta = decoder_case(windows="one", prompt=True)
+    case = decoder_arrays(meta)
+    inject_recorded_noise(monkeypatch, case, recorded_decodes(meta))
     w2v2 = json.loads((fixtures / "decoder_tiny" / "w2v2_config_tiny.json").read_text())
 
     def prompt_models():
@@ -138,10 +136,10 @@ def test_prompt_audio_conditions_first_window(fixtures, runtime, decoder, monkey
     np.testing.assert_allclose(wav, case["d0_wav"], atol=1e-4, rtol=1e-4)
 
 
-def test_plain_bgm_ignores_prompt_like_upstream(fixtures, runtime_4s):
+def test_plain_bgm_ignores_prompt_like_upstream(runtime_4s):
     """generate.py never hands prompt audio to a plain --bgm / --vocal decode."""
     decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=2)
-    tokens = load_case(fixtures, "bgm_3s")["tokens"][0]
+    tokens = decoder_arrays(decoder_case(windows="one"))["tokens"][0]
     silence = PromptAudio(np.zeros((2, 96000), np.float32), np.zeros((2, 96000), np.float32))
     with_prompt = decode_one(decoder, DecodeRequest("a", tokens, "bgm", seed=3, prompt_audio=silence))
     without = decode_one(decoder, DecodeRequest("a", tokens, "bgm", seed=3))
@@ -167,12 +165,12 @@ class StubPromptModels:
     (True, [(True, False), (False, True), (True, True)]),  # vocal decode: bgm prompt zeroed; bgm: vocal zeroed
     (False, [(True, True)]),                               # generate_lowmem: mixed decode only
 ])
-def test_prompt_routing_for_separate(fixtures, runtime_4s, on_stems, expected):
+def test_prompt_routing_for_separate(runtime_4s, on_stems, expected):
     loaded = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
     stub = StubPromptModels()
     decoder = SepTokenDecoder(loaded.flow, loaded.vae, batch_size=4, prompt_models=lambda: (stub, stub),
                               prompt_on_stems=on_stems)
-    tokens = load_case(fixtures, "bgm_3s")["tokens"][0][:, :30]
+    tokens = decoder_arrays(decoder_case(windows="one"))["tokens"][0][:, :30]
     prompt = PromptAudio(np.ones((2, 96000), np.float32), np.ones((2, 96000), np.float32))
     stems = decode_one(decoder, DecodeRequest("s", tokens, "separate", seed=0, prompt_audio=prompt))
     assert stub.seen == expected and {k: v.shape for k, v in stems.items()} == dict.fromkeys(stems, (2, 57600))
@@ -180,16 +178,17 @@ def test_prompt_routing_for_separate(fixtures, runtime_4s, on_stems, expected):
     assert stub.seen == expected
 
 
-def test_batched_equals_alone_and_seeded(fixtures, runtime_4s):
+def test_batched_equals_alone_and_seeded(runtime_4s):
     """Batching changes only float rounding (GEMM blocking), ~1e-6; re-decoding is bit-identical."""
-    tokens = load_case(fixtures, "dur4_10s04")["tokens"][0]
+    tokens = decoder_arrays(SHORT)["tokens"][0]
     requests = [DecodeRequest("long", tokens, "mixed", seed=1),
                 DecodeRequest("sep", tokens[:, :40], "separate", seed=2),
                 DecodeRequest("bgm", tokens[:, :180], "bgm", seed=3)]
     batched = dict(SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4).decode(requests))
     single = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=1)
     assert set(batched) == {"long", "sep", "bgm"} and set(batched["sep"]) == {"main", "vocal", "bgm"}
-    assert batched["long"]["main"].shape == (2, 481919) and batched["sep"]["vocal"].shape == (2, 76800)
+    assert batched["long"]["main"].shape == tuple(SHORT["decodes"][0]["wav_shape"])
+    assert batched["sep"]["vocal"].shape == (2, 76800)
     for request in requests:
         alone = decode_one(single, request)
         for stem, wav in alone.items():
@@ -201,9 +200,9 @@ def test_batched_equals_alone_and_seeded(fixtures, runtime_4s):
     assert not np.allclose(batched["sep"]["main"], batched["sep"]["vocal"])
 
 
-def test_a_songs_audio_does_not_depend_on_its_batch_mates(fixtures, runtime_4s):
+def test_a_songs_audio_does_not_depend_on_its_batch_mates(runtime_4s):
     """Issue 10, item 6: ±1 LSB on ~0.4 % of samples depended on which songs shared the decoder batch."""
-    tokens = load_case(fixtures, "dur4_10s04")["tokens"][0]
+    tokens = decoder_arrays(SHORT)["tokens"][0]
     song = DecodeRequest("song", tokens[:, :180], "mixed", seed=5)
     mates = [DecodeRequest("long", tokens, "mixed", seed=1), DecodeRequest("sep", tokens[:, :40], "separate", seed=2)]
     decoder = SepTokenDecoder.load(runtime_4s, device="cpu", batch_size=4)
@@ -259,5 +258,6 @@ def test_bad_requests_rejected_before_work(decoder, request_kwargs, message):
 def test_fingerprint_is_json_and_names_weights(decoder):
     fp = decoder.fingerprint()
     json.dumps(fp)
-    assert fp["septoken"].startswith("model_2.safetensors:") and fp["config"]["n_layer"] == 2
+    assert fp["septoken"].startswith("model_2.safetensors:")
+    assert fp["config"]["n_layer"] == decoder_geometry()["n_layer"]
     assert fp["vae"].startswith("autoencoder_music_1320k.ckpt:") and fp["batch_size"] == 4

@@ -1,10 +1,12 @@
 """Estimator, Euler/CFG sampler and code2sound windowing against upstream's recorded decoder_tiny runs."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from fixture_meta import decoder_arrays, decoder_case, decoder_case_with, decoder_geometry
 from safetensors.torch import save_file
 
 from levo_batch.codec.weights import SafetensorsDict
@@ -13,7 +15,11 @@ from levo_batch.decoder.flow import FlowDecoder, LatentNorm, seeded_noise, solve
 from levo_batch.decoder.windows import (SongWindows, WindowPlan, advance, crossfade_join, target_samples,
                                         tile_codes, vae_prefix, window_starts)
 
-TINY = DecoderConfig(n_layer=2, n_head=4, n_embd=216, n_inner=432)
+TINY = DecoderConfig(**decoder_geometry())
+DEBUG = decoder_case_with("d0_chunk0_est_in_step0")
+"""The case recorded with the flow's inner arrays (estimator input/output, velocities)."""
+SHORT = decoder_case(windows="several", duration="other")
+"""The case recorded with short flow windows, several of them."""
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,10 +33,6 @@ def septoken(fixtures):
 @pytest.fixture(scope="module")
 def flow(septoken):
     return FlowDecoder.from_state_dict(septoken, TINY)
-
-
-def load_case(fixtures, name):
-    return np.load(fixtures / "decoder_tiny" / f"case_{name}.npz")
 
 
 def input_codes(case, prefix="d0_"):
@@ -62,8 +64,8 @@ def recorded_noise(case, prefix):
 # --- estimator -------------------------------------------------------------------------------------------
 
 
-def test_estimator_step0_output(fixtures, septoken):
-    case = load_case(fixtures, "mixed_4s")
+def test_estimator_step0_output(septoken):
+    case = decoder_arrays(DEBUG)
     est = Estimator.from_state_dict(septoken, TINY)
     t = torch.from_numpy(case["d0_chunk0_est_t"])
     with torch.no_grad():
@@ -72,10 +74,11 @@ def test_estimator_step0_output(fixtures, septoken):
 
 
 def test_estimator_needs_config_for_non_official_geometry(septoken):
-    with pytest.raises(ValueError, match="2 estimator blocks, the config 16.*levo_decoder.json"):
+    blocks = f"{TINY.n_layer} estimator blocks, the config {DecoderConfig.n_layer}"
+    with pytest.raises(ValueError, match=f"{blocks}.*levo_decoder.json"):
         Estimator.from_state_dict(septoken, DecoderConfig())
     with pytest.raises(ValueError, match=r"do not fit.*levo_decoder.json"):
-        Estimator.from_state_dict(septoken, DecoderConfig(n_layer=2, n_head=4, n_embd=216, n_inner=400))
+        Estimator.from_state_dict(septoken, replace(TINY, n_inner=TINY.n_inner - 32))
 
 
 def test_config_file_overrides_defaults(tmp_path):
@@ -92,21 +95,21 @@ def test_config_file_overrides_defaults(tmp_path):
 # --- flow (inference_codes + solve_euler) ---------------------------------------------------------------
 
 
-def test_flow_inputs_velocities_and_latents(fixtures, flow):
+def test_flow_inputs_velocities_and_latents(flow):
     """Step-0 estimator input (uncond first), CFG velocity of every step, final latents."""
-    case = load_case(fixtures, "mixed_4s")
+    case = decoder_arrays(DEBUG)
     codes = torch.from_numpy(window_codes(case, "d0_", 0))
     calls = []
     hook = flow.estimator.register_forward_hook(lambda module, args, out: calls.append((args[0], out)))
     try:
-        latents = flow.sample(codes[None, 0], codes[None, 1], torch.zeros(1, 1000, 64), torch.tensor([0]),
-                              torch.from_numpy(case["d0_chunk0_noise_init"]))
+        noise = torch.from_numpy(case["d0_chunk0_noise_init"])
+        latents = flow.sample(codes[None, 0], codes[None, 1], torch.zeros_like(noise), torch.tensor([0]), noise)
     finally:
         hook.remove()
-    assert len(calls) == 10
+    assert len(calls) == DEBUG["num_steps"]
     np.testing.assert_allclose(calls[0][0].numpy(), case["d0_chunk0_est_in_step0"], atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(calls[0][1].numpy(), case["d0_chunk0_est_out_step0_last64"], atol=1e-4, rtol=1e-4)
-    v_steps = torch.stack([u + 1.5 * (c - u) for u, c in (out.chunk(2) for _, out in calls)])
+    v_steps = torch.stack([u + DEBUG["guidance_scale"] * (c - u) for u, c in (out.chunk(2) for _, out in calls)])
     np.testing.assert_allclose(v_steps.numpy(), case["d0_chunk0_v_steps"], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(latents.numpy(), case["d0_chunk0_latents"], atol=1e-4, rtol=1e-4)
 
@@ -128,33 +131,36 @@ def test_solve_euler_reimposes_prefix_every_step():
     assert [t for t, _ in seen] == [0.0, 0.25, 0.5, 0.75]
 
 
-def test_windows_chain_in_context(fixtures, flow):
-    """Window codes after tiling and every window's latents, window k>0 conditioned on window k-1 (4-s windows:
-    upstream's code2sound(duration=4), four windows; the 40-s long case runs end to end in test_decoder)."""
-    case = load_case(fixtures, "dur4_10s04")
-    song = SongWindows("dur4", input_codes(case), recorded_noise(case, "d0_"), WindowPlan.for_duration(4))
-    assert (song.grid.shape, song.starts, song.target_len) == ((2, 325), [0, 75, 150, 225], 481919)
+def test_windows_chain_in_context(flow):
+    """Window codes after tiling and every window's latents, window k>0 conditioned on window k-1 (short windows:
+    upstream's code2sound with a non-default duration; the long case runs end to end in test_decoder)."""
+    case, decode = decoder_arrays(SHORT), SHORT["decodes"][0]
+    plan = WindowPlan.for_duration(SHORT["code2sound_duration"])
+    song = SongWindows("short", input_codes(case), recorded_noise(case, "d0_"), plan)
+    assert (len(song.starts), song.target_len) == (decode["n_flow_windows"], decode["wav_shape"][-1])
     assert list(advance([song], flow_sampler(flow), batch_size=2)) == [song]
-    assert len(song.latents) == 4
+    assert len(song.latents) == decode["n_flow_windows"]
     for k, latents in enumerate(song.latents):
         start = song.starts[k]
         np.testing.assert_array_equal(song.grid[:, start : start + song.plan.frames], window_codes(case, "d0_", k))
         np.testing.assert_allclose(latents.numpy(), case[f"d0_chunk{k}_latents"][0], atol=1e-4, rtol=1e-4)
 
 
-def test_batched_windows_equal_alone(fixtures, flow):
+def test_batched_windows_equal_alone(flow):
     """Songs of different lengths (so different in-context lengths share a batch) sampled together give the
-    same latents as one at a time (4-s windows keep this cheap)."""
-    codes = input_codes(load_case(fixtures, "dur4_10s04"))
-    plan = WindowPlan.for_duration(4)
+    same latents as one at a time (short windows keep this cheap)."""
+    codes = input_codes(decoder_arrays(SHORT))
+    plan = WindowPlan.for_duration(SHORT["code2sound_duration"])
+    full = codes.shape[1]
+    lengths = (full, plan.frames // 2, full * 3 // 4)
 
     def songs():
-        return [SongWindows(n, codes[:, :n], lambda k, n=n: seeded_noise(n, f"w{k}", (100, 64)), plan)
-                for n in (251, 40, 180)]
+        return [SongWindows(n, codes[:, :n], lambda k, n=n: seeded_noise(n, f"w{k}", (plan.frames, 64)), plan)
+                for n in lengths]
 
     together = {s.key: s for s in advance(songs(), flow_sampler(flow), batch_size=3)}
     alone = {s.key: s for s in advance(songs(), flow_sampler(flow), batch_size=1)}
-    assert set(together) == {251, 40, 180} and [len(alone[n].latents) for n in (251, 40, 180)] == [4, 1, 3]
+    assert set(together) == set(lengths) and len(alone[full].latents) > 1 == len(alone[lengths[1]].latents)
     for key, song in alone.items():
         for a, b in zip(song.latents, together[key].latents, strict=True):
             np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5, rtol=0)

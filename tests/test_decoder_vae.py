@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixture_meta import decoder_arrays, decoder_case, decoder_meta
 from safetensors.torch import load_file, save_file
 
 from levo_batch.decoder.vae import OobleckVAE, VAEConfig, load_vae
@@ -58,12 +59,16 @@ def assert_same_weights(a: OobleckVAE, b: OobleckVAE) -> None:
 
 
 def test_plain_decode_matches_upstream(vae, unit):
-    latents = torch.from_numpy(unit["latents"])[:, :, :40]
+    """Upstream decoded the first latents plainly: as many as the recorded wave is long."""
+    hop = unit["wav_chunked128"].shape[-1] // unit["latents"].shape[-1]
+    latents = torch.from_numpy(unit["latents"])[:, :, : unit["wav_plain_first40"].shape[-1] // hop]
     assert_close(vae.decode(latents), unit["wav_plain_first40"])
 
 
 def test_chunked_decode_matches_upstream(vae, unit):
-    out = vae.decode_chunked(torch.from_numpy(unit["latents"]), chunk_size=128, overlap=32)
+    settings = decoder_meta()["code2sound"]
+    out = vae.decode_chunked(torch.from_numpy(unit["latents"]), chunk_size=settings["vae_chunk_size"],
+                             overlap=settings["vae_overlap"])
     assert out.dtype == torch.float32
     assert_close(out, unit["wav_chunked128"])
 
@@ -74,8 +79,8 @@ def test_encoder_and_sampled_bottleneck_match_upstream(vae, unit):
     assert_close(vae.encode(audio, noise=torch.from_numpy(unit["vae_bottleneck_noise"])), unit["enc_latents"])
 
 
-def test_prompt_mix_encode_matches_upstream(vae, tiny):
-    case = np.load(tiny / "case_prompt_mixed_3s.npz")
+def test_prompt_mix_encode_matches_upstream(vae):
+    case = decoder_arrays(decoder_case(windows="one", prompt=True))
     mix = torch.from_numpy(case["prompt_raw_vocal_wav"] + case["prompt_raw_bgm_wav"])  # [2, N] as upstream
     latents = vae.encode_audio(mix, noise=torch.from_numpy(case["d0_vae_bottleneck_noise"]))
     assert_close(latents, case["d0_vae_enc_out"])
@@ -188,10 +193,13 @@ def test_unexpected_key_and_shape_mismatch_errors(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"unexpected keys: decoder\.layers\.8\.weight"):
         load_vae(tiny / "vae_config.json", tmp_path / "extra.safetensors", device=CPU)
     config = json.loads((tiny / "vae_config.json").read_text())
+    decoder = config["model"]["decoder"]["config"]
     for part in ("encoder", "decoder"):
-        config["model"][part]["config"]["channels"] = 8
+        config["model"][part]["config"]["channels"] *= 2
     (tmp_path / "wide.json").write_text(json.dumps(config))
-    shape_error = r"shape mismatch: decoder\.layers\.0\.weight \(64, 64, 7\) \(config expects \(128, 64, 7\)\)"
+    wide, latent = decoder["channels"] * decoder["c_mults"][-1], decoder["latent_dim"]
+    shape_error = (rf"shape mismatch: decoder\.layers\.0\.weight \({wide // 2}, {latent}, 7\) "
+                   rf"\(config expects \({wide}, {latent}, 7\)\)")
     with pytest.raises(ValueError, match=shape_error):
         load_vae(tmp_path / "wide.json", tiny / "vae.safetensors", device=CPU)
 

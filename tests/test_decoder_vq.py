@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from fixture_meta import decoder_arrays, decoder_meta
 from safetensors.torch import save_file
 
 from levo_batch.codec.vq import SingleVQ
@@ -17,15 +18,15 @@ def septoken(fixtures):
 
 
 @pytest.fixture(scope="module")
-def unit(fixtures):
-    return np.load(fixtures / "encoder_tiny" / "encode_case.npz")
+def unit(encode_case):
+    return encode_case
 
 
 @pytest.mark.parametrize("name,prefix", STREAMS)
 def test_to_codes_matches_upstream_encode(septoken, unit, name, prefix):
     vq = SingleVQ.from_state_dict(septoken, prefix)
     codes = vq.to_codes(torch.from_numpy(unit[f"unit_sep_{name}_z"]))
-    assert codes.dtype == torch.int64 and codes.shape == (1, 300)
+    assert codes.dtype == torch.int64 and codes.shape == unit[f"unit_sep_{name}_codes"][:, 0].shape
     np.testing.assert_array_equal(codes.numpy(), unit[f"unit_sep_{name}_codes"][:, 0])
 
 
@@ -33,12 +34,13 @@ def test_to_codes_matches_upstream_encode(septoken, unit, name, prefix):
 def test_from_codes_matches_upstream_dequantisation(septoken, unit, name, prefix):
     vq = SingleVQ.from_state_dict(septoken, prefix)
     feats = vq.embed(torch.from_numpy(unit[f"unit_sep_{name}_codes"][:, 0])).transpose(1, 2)
-    assert feats.shape == (1, 32, 300) and vq.dim == 32
+    assert feats.shape == unit[f"unit_sep_{name}_from_codes"].shape
+    assert vq.dim == decoder_meta()["septoken"]["rvq"]["input_dim"]
     np.testing.assert_allclose(feats.numpy(), unit[f"unit_sep_{name}_from_codes"], atol=1e-5, rtol=1e-4)
 
 
-def test_window_embeddings_match_decoder_fixture(septoken, fixtures):
-    case = np.load(fixtures / "decoder_tiny" / "case_mixed_4s.npz")
+def test_window_embeddings_match_decoder_fixture(septoken):
+    case = decoder_arrays(decoder_meta()["cases"][0])
     for stream, prefix in [("vocal", "rvq_bestrq_emb."), ("bgm", "rvq_bestrq_bgm_emb.")]:
         vq = SingleVQ.from_state_dict(septoken, prefix)
         feats = vq.embed(torch.from_numpy(case[f"d0_chunk0_codes_{stream}"][:, 0])).transpose(1, 2)

@@ -80,7 +80,7 @@ def test_storage_errors_exit_2_with_the_lock_released(jobs_file, tmpfs, capsys, 
     from levo_batch import cli
 
     save_dir = tmpfs("4k")
-    monkeypatch.setattr("levo_batch.backends.DefaultStages", lambda settings: FakeStages())
+    monkeypatch.setattr("levo_batch.stages.DefaultStages", lambda settings: FakeStages())
     assert cli.main(["generate", "ck", str(jobs_file), str(save_dir), "--tokens-only"]) == 2
     err = capsys.readouterr().err
     assert "error: cannot write" in err and "the disk is full" in err and "Traceback" not in err
@@ -112,7 +112,7 @@ def test_full_disk_before_the_lock_is_written_exits_2(jobs_file, tmpfs, capsys, 
 
     save_dir = tmpfs("4k")
     (save_dir / "filler").write_bytes(b"x" * 4096)
-    monkeypatch.setattr("levo_batch.backends.DefaultStages", lambda settings: FakeStages())
+    monkeypatch.setattr("levo_batch.stages.DefaultStages", lambda settings: FakeStages())
     assert cli.main(["generate", "ck", str(jobs_file), str(save_dir), "--tokens-only"]) == 2
     err = capsys.readouterr().err
     assert f"error: cannot write {save_dir}: the disk is full" in err and "Traceback" not in err

@@ -8,6 +8,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 import yaml
+from fixture_meta import lm_arrays, lm_cases
 from mlx.utils import tree_flatten
 
 from levo_batch.lm.conditioners import (
@@ -23,8 +24,8 @@ PROVIDER = "audiolm.condition_provider."
 
 
 @pytest.fixture(scope="module")
-def cases(fixtures):
-    return json.loads((fixtures / "lm_tiny" / "cases.json").read_text())
+def cases():
+    return lm_cases()
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +52,8 @@ def provider(fixtures, cfg):
     return model
 
 
-def _job(fixtures, job):
-    arrays = np.load(fixtures / "lm_tiny" / f"case_{job['name']}.npz")
+def _job(job):
+    arrays = lm_arrays(job["name"])
     prompt = arrays["prompt_tokens"]
     return arrays, (None if prompt.size == 0 else prompt[0])
 
@@ -178,9 +179,9 @@ def test_missing_tokenizer_names_the_files(tmp_path):
         TextTokenizers.from_dir(tmp_path)
 
 
-def test_condition_inputs_match_upstream(tok, cfg, cases, fixtures):
+def test_condition_inputs_match_upstream(tok, cfg, cases):
     for job in cases["jobs"]:
-        arrays, prompt = _job(fixtures, job)
+        arrays, prompt = _job(job)
         got = _inputs(tok, cfg, job, prompt)
         assert got.lyric_ids.dtype == np.int32 and got.prompt_codes.shape == (2, 3, 251)
         np.testing.assert_array_equal(got.lyric_ids, arrays["description_tokens"], err_msg=job["name"])
@@ -209,9 +210,9 @@ def test_structure_ids_computed_before_cut(tok, cfg):
     assert got.lyric_ids.shape == (2, 600) and 151647 not in got.lyric_ids
 
 
-def test_lm_prompt_codes(cfg, cases, fixtures):
+def test_lm_prompt_codes(cfg, cases):
     for job in cases["jobs"]:
-        arrays, prompt = _job(fixtures, job)
+        arrays, prompt = _job(job)
         np.testing.assert_array_equal(lm_prompt_codes(prompt, cfg), arrays["audio_qt_embs"][0], err_msg=job["name"])
     mixed = lm_prompt_codes(np.arange(300)[None], cfg)
     assert mixed.shape == (3, 250) and mixed.dtype == np.int32
@@ -233,9 +234,9 @@ def test_provider_parameters_are_upstream_keys(cfg, cases):
     assert got == expected
 
 
-def test_prefix_matches_upstream_conditions(tok, cfg, cases, fixtures, provider):
+def test_prefix_matches_upstream_conditions(tok, cfg, cases, provider):
     for job in cases["jobs"]:
-        arrays, prompt = _job(fixtures, job)
+        arrays, prompt = _job(job)
         inputs = _inputs(tok, cfg, job, prompt)
         s1, s2 = (np.array(s) for s in provider.prefix(inputs))
         lyr, desc = slice(0, 600), slice(852, 952)

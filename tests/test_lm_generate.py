@@ -1,11 +1,11 @@
 """Generation against upstream's recorded runs (fixtures/lm_tiny), plus batching, seeding and resume guarantees."""
 
-import json
 from dataclasses import dataclass, replace
 
 import mlx.core as mx
 import numpy as np
 import pytest
+from fixture_meta import lm_arrays, lm_cases
 from lm_checkpoints import write_fixture_official_checkpoint, write_official_checkpoint, write_public_mlx_checkpoint
 
 from levo_batch.lm.batch import SongSlots
@@ -15,7 +15,7 @@ from levo_batch.lm.loading import load_lm
 from levo_batch.lm.pattern import cut_at_eos, num_columns, revert_pattern
 from levo_batch.lm.sampling import SamplingParams, choose, gumbel_noise, process_logits
 from levo_batch.lm.tokenizer import TextTokenizers
-from levo_batch.stages import SongRequest
+from levo_batch.contracts import SongRequest
 
 GREEDY = SamplingParams(greedy=True)
 SAMPLED = SamplingParams()
@@ -48,8 +48,8 @@ class RecordingSink:
 
 
 @pytest.fixture(scope="module")
-def cases(fixtures):
-    return json.loads((fixtures / "lm_tiny" / "cases.json").read_text())
+def cases():
+    return lm_cases()
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +69,8 @@ def tok(fixtures):
     return TextTokenizers.from_dir(fixtures / "qwen2_tokenizer")
 
 
-def _arrays(fixtures, name):
-    return np.load(fixtures / "lm_tiny" / f"case_{name}.npz")
-
-
-def _song(fixtures, job, seed=0, idx=None, resume=None) -> SongRequest:
-    prompt = _arrays(fixtures, job["name"])["prompt_tokens"]
+def _song(job, seed=0, idx=None, resume=None) -> SongRequest:
+    prompt = lm_arrays(job["name"])["prompt_tokens"]
     inputs = job["codeclm_generate_inputs"]
     return SongRequest(idx or job["name"], inputs["lyrics"][0], inputs["descriptions"][0],
                        None if prompt.size == 0 else prompt[0], seed, resume)
@@ -94,11 +90,11 @@ def test_pattern_round_trip_and_eos_cut():
     assert np.array_equal(cut_at_eos(codes, 77), codes)
 
 
-def test_slots_reproduce_upstream_greedy_runs(fixtures, tiny, cases, recorded):
+def test_slots_reproduce_upstream_greedy_runs(tiny, cases, recorded):
     """All five jobs in one batch: written pattern, per-step argmax, processed logits, reverted and cut codes."""
     cfg, jobs = tiny.config, cases["jobs"]
     slots = SongSlots(tiny.model, cfg, GREEDY, len(jobs), recorded.frames, keep_logits=True)
-    arrays = [_arrays(fixtures, j["name"]) for j in jobs]
+    arrays = [lm_arrays(j["name"]) for j in jobs]
     for b, a in enumerate(arrays):
         lyrics, desc = a["cond_description"], a["cond_type_info"]
         p1 = mx.array(np.concatenate([lyrics, a["cond_prompt_audio_1"], desc], axis=1))
@@ -138,46 +134,68 @@ def test_slots_reproduce_upstream_greedy_runs(fixtures, tiny, cases, recorded):
         assert np.array_equal(cut_at_eos(codes, cfg.eos_id), a["greedy_tokens"][0])
 
 
+def _greedy_steps(job) -> int:
+    return job["greedy"]["pattern_steps_run"]
+
+
 @pytest.fixture(scope="module")
-def greedy_run(fixtures, tiny, tok, cases, recorded):
-    """Every job through the generator in one batch (zh_fullprompt leaves it early), checkpoints every 100."""
-    gen = _generator(tiny, tok, GREEDY, batch_size=5, max_duration=recorded.seconds, checkpoint_every=100)
+def checkpoint_every(cases) -> int:
+    """A third of the shortest recorded run: every song is checkpointed at least twice before it ends."""
+    return min(_greedy_steps(j) for j in cases["jobs"]) // 3
+
+
+@pytest.fixture(scope="module")
+def greedy_run(tiny, tok, cases, recorded, checkpoint_every):
+    """Every job through the generator in one batch (those that stop early leave it early)."""
+    gen = _generator(tiny, tok, GREEDY, batch_size=len(cases["jobs"]), max_duration=recorded.seconds,
+                     checkpoint_every=checkpoint_every)
     sink = RecordingSink()
-    gen.generate([_song(fixtures, j) for j in cases["jobs"]], sink)
+    gen.generate([_song(j) for j in cases["jobs"]], sink)
     return gen, sink
 
 
-def test_generator_tokens_match_upstream(fixtures, cases, greedy_run, recorded):
+def test_generator_tokens_match_upstream(cases, greedy_run, recorded, checkpoint_every):
     gen, sink = greedy_run
     assert gen.max_steps() == recorded.steps
-    assert gen.fingerprint()["sampling"]["cfg_coef"] == 1.5 and gen.fingerprint()["model"] == "lm_tiny"
+    assert gen.fingerprint()["sampling"]["cfg_coef"] == cases["generation"]["cfg_coef"]
+    assert gen.fingerprint()["model"] == "lm_tiny"
     for job in cases["jobs"]:
         name = job["name"]
         assert sink.tokens[name].dtype == np.int64
-        assert np.array_equal(sink.tokens[name], _arrays(fixtures, name)["greedy_tokens"][0]), name
-        steps = job["greedy"]["pattern_steps_run"]
+        assert np.array_equal(sink.tokens[name], lm_arrays(name)["greedy_tokens"][0]), name
+        steps = _greedy_steps(job)
         assert sink.steps[name] == [(s, recorded.steps) for s in range(1, steps + 1)]
-        assert [int(c["step"]) for c in sink.checkpoints[name]] == [s for s in (100, 200, 300) if s < steps]
+        checkpointed = [int(c["step"]) for c in sink.checkpoints[name]]
+        assert checkpointed == list(range(checkpoint_every, steps, checkpoint_every))
 
 
-def test_resume_mid_song_gives_identical_tokens_greedy(fixtures, tiny, tok, cases, greedy_run, recorded):
-    """zh_fullprompt resumed at 200 (codebook 0 already ended) and en_desc at 300, in one batch."""
+def test_resume_mid_song_gives_identical_tokens_greedy(tiny, tok, cases, greedy_run, recorded):
+    """The song that ends earliest resumed at its last checkpoint (where the recording shows which codebooks had
+    already ended) and the one that runs longest at its first, in one batch."""
     _, sink = greedy_run
-    jobs = {j["name"]: j for j in cases["jobs"]}
-    zh, en = sink.checkpoints["zh_fullprompt"][1], sink.checkpoints["en_desc_noprompt"][2]
-    assert zh["ended"].tolist() == [True, False, False] and zh["columns"].shape == (3, 201)
-    songs = [_song(fixtures, jobs["zh_fullprompt"], resume=zh), _song(fixtures, jobs["en_desc_noprompt"], resume=en)]
+    early = min(cases["jobs"], key=_greedy_steps)
+    late = max(cases["jobs"], key=_greedy_steps)
+    states = {early["name"]: sink.checkpoints[early["name"]][-1], late["name"]: sink.checkpoints[late["name"]][0]}
+    for job in (early, late):
+        state, written = states[job["name"]], lm_arrays(job["name"])["greedy_pattern_sequence"][0]
+        step = int(state["step"])
+        assert state["columns"].shape == (3, step + 1)
+        assert state["ended"].tolist() == (written[:, 1 : step + 1] == tiny.config.eos_id).any(axis=1).tolist()
+    songs = [_song(job, resume=states[job["name"]]) for job in (early, late)]
     again = RecordingSink()
     _generator(tiny, tok, GREEDY, batch_size=2, max_duration=recorded.seconds).generate(songs, again)
-    for name in ("zh_fullprompt", "en_desc_noprompt"):
+    for job in (early, late):
+        name = job["name"]
         assert np.array_equal(again.tokens[name], sink.tokens[name]), name
-    assert again.steps["zh_fullprompt"][0] == (201, recorded.steps)
+        assert again.steps[name][0] == (int(states[name]["step"]) + 1, recorded.steps)
 
 
-def test_sampled_run_replays_inside_upstream_choices(fixtures, tiny, cases):
+def test_sampled_run_replays_inside_upstream_choices(tiny, cases, recorded):
     """torch.multinomial cannot be reproduced: check each recorded draw against our processed logits."""
-    cfg, model = tiny.config, tiny.model
-    a = _arrays(fixtures, "en_desc_noprompt")
+    cfg, model, generation = tiny.config, tiny.model, cases["generation"]
+    sampled = [j["name"] for j in cases["jobs"] if "sampled" in j]
+    assert sampled, "lm_tiny records no sampled run"
+    a = lm_arrays(sampled[0])
     seq = a["sampled_pattern_sequence"][0]
     steps = seq.shape[1] - 1
     lyrics, desc = a["cond_description"], a["cond_type_info"]
@@ -187,16 +205,21 @@ def test_sampled_run_replays_inside_upstream_choices(fixtures, tiny, cases):
     presence = np.zeros((steps, 3, cfg.code_size + 2), dtype=bool)
     for s in range(1, steps + 1):
         for q in range(3):
-            presence[s - 1, q, np.unique(seq[q, max(1, s - 50) : s])] = True
+            presence[s - 1, q, np.unique(seq[q, max(1, s - generation["record_window"]) : s])] = True
     logits = process_logits(raw.transpose(2, 0, 1, 3).reshape(2 * steps, 3, -1), mx.array(presence[..., :-1]),
-                            mx.zeros((steps, cfg.code_size + 1), dtype=mx.bool_), 1.5, 1.1, cfg.code_size)
+                            mx.zeros((steps, cfg.code_size + 1), dtype=mx.bool_), generation["cfg_coef"],
+                            SAMPLED.penalty, cfg.code_size)
     logits = np.array(logits)
-    kth = -np.partition(-logits[:, 0], 4999, axis=-1)[:, 4999]
-    eos0 = int(np.nonzero(seq[0] == cfg.eos_id)[0][0])
-    for s in range(1, eos0 + 1):
-        assert logits[s - 1, 0, seq[0, s]] >= kth[s - 1], f"codebook 0 step {s}"
-    for s in range(251, steps + 1):
-        assert np.array_equal(logits[s - 1, 1:].argmax(-1), seq[1:, s]), f"step {s}"
+    top_k = generation["sampled"]["top_k"]
+    kth = -np.partition(-logits[:, 0], top_k - 1, axis=-1)[:, top_k - 1]
+    for q, delay in enumerate(cfg.delays):
+        eos = np.nonzero(seq[q] == cfg.eos_id)[0]
+        drawn = range(1 + delay, (int(eos[0]) if eos.size else delay + recorded.frames) + 1)
+        for s in drawn:
+            if q == 0:  # top-k sampling: the draw must be among the k best
+                assert logits[s - 1, 0, seq[0, s]] >= kth[s - 1], f"codebook 0 step {s}"
+            else:  # k = 1: the draw is the argmax
+                assert logits[s - 1, q].argmax() == seq[q, s], f"codebook {q} step {s}"
 
 
 def test_gumbel_choice_samples_the_top_k_softmax():
@@ -226,16 +249,20 @@ SHORT_DELAYS = (0, 4, 4)
 """Batching and resume guarantees do not need upstream's 250-column delay; a short one keeps the runs fast."""
 
 
-def _short_songs(fixtures, cases):
-    names = ["zh_fullprompt", "long_nodesc_mixedprompt", "bgm_nodesc"]
-    jobs = {j["name"]: j for j in cases["jobs"]}
-    return [_song(fixtures, jobs[n], seed=1000 + i) for i, n in enumerate(names)]
+def _short_songs(cases):
+    """Three recorded jobs, each with another kind of prompt where the recording has them (full, mixed row only,
+    none)."""
+    by_kind = {}
+    for job in cases["jobs"]:
+        by_kind.setdefault(job["prompt"]["kind"], job)
+    jobs = [*by_kind.values(), *(j for j in cases["jobs"] if j not in by_kind.values())][:3]
+    return [_song(job, seed=1000 + i) for i, job in enumerate(jobs)]
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
-def test_songs_do_not_depend_on_batch_mates(fixtures, tiny, tok, cases, sampling):
+def test_songs_do_not_depend_on_batch_mates(tiny, tok, cases, sampling):
     cfg = replace(tiny.config, delays=SHORT_DELAYS)
-    songs = _short_songs(fixtures, cases)
+    songs = _short_songs(cases)
     alone = {}
     for song in songs:
         sink = RecordingSink()
@@ -250,13 +277,13 @@ def test_songs_do_not_depend_on_batch_mates(fixtures, tiny, tok, cases, sampling
 
 
 @pytest.mark.parametrize("sampling", [GREEDY, SAMPLED], ids=["greedy", "sampled"])
-def test_resume_from_every_checkpoint_gives_identical_tokens(fixtures, tiny, tok, cases, sampling):
+def test_resume_from_every_checkpoint_gives_identical_tokens(tiny, tok, cases, sampling):
     cfg = replace(tiny.config, delays=SHORT_DELAYS)
-    song = _short_songs(fixtures, cases)[1]
+    song = _short_songs(cases)[1]
     full = RecordingSink()
     _generator(tiny, tok, sampling, cfg, max_duration=0.8, checkpoint_every=6).generate([song], full)
     states = full.checkpoints[song.idx]
-    assert [int(s["step"]) for s in states] == [6, 12, 18]
+    assert states and [int(s["step"]) for s in states] == list(range(6, len(full.steps[song.idx]), 6))
     resumed = [replace(song, idx=f"r{int(s['step'])}", resume=s) for s in states]
     again = RecordingSink()
     _generator(tiny, tok, sampling, cfg, batch_size=3, max_duration=0.8).generate(resumed, again)
@@ -264,12 +291,12 @@ def test_resume_from_every_checkpoint_gives_identical_tokens(fixtures, tiny, tok
         assert np.array_equal(again.tokens[r.idx], full.tokens[song.idx]), r.idx
 
 
-def test_resume_state_from_another_duration_is_refused(fixtures, tiny, tok, cases, greedy_run):
+def test_resume_state_from_another_duration_is_refused(tiny, tok, cases, greedy_run, recorded):
     _, sink = greedy_run
-    job = next(j for j in cases["jobs"] if j["name"] == "en_desc_noprompt")
-    song = _song(fixtures, job, resume=sink.checkpoints["en_desc_noprompt"][0])
-    with pytest.raises(ValueError, match="resume state is for 60 frames.*same max_duration"):
-        _generator(tiny, tok, GREEDY, max_duration=3.0).generate([song], RecordingSink())
+    job = cases["jobs"][0]
+    song = _song(job, resume=sink.checkpoints[job["name"]][0])
+    with pytest.raises(ValueError, match=f"resume state is for {recorded.frames} frames.*same max_duration"):
+        _generator(tiny, tok, GREEDY, max_duration=recorded.seconds / 2).generate([song], RecordingSink())
 
 
 def test_resumed_song_that_had_ended_finishes_without_decoding(tiny, tok):
@@ -284,8 +311,8 @@ def test_resumed_song_that_had_ended_finishes_without_decoding(tiny, tok):
     assert sink.steps == {}
 
 
-def test_invalid_prompt_is_refused_before_any_decoding(fixtures, tiny, tok, cases, recorded):
-    good = _song(fixtures, cases["jobs"][0])
+def test_invalid_prompt_is_refused_before_any_decoding(tiny, tok, cases, recorded):
+    good = _song(cases["jobs"][0])
     bad = replace(good, idx="bad", prompt_tokens=np.zeros((2, 10), dtype=np.int64))
     sink = RecordingSink()
     with pytest.raises(ValueError, match=r"song bad: prompt tokens must be \[1, n\]"):
@@ -294,13 +321,13 @@ def test_invalid_prompt_is_refused_before_any_decoding(fixtures, tiny, tok, case
 
 
 @pytest.mark.parametrize("kv_bits", [None, 8])
-def test_quantised_model_generates_fresh_songs(fixtures, tok, cases, tmp_path, kv_bits):
+def test_quantised_model_generates_fresh_songs(tok, cases, tmp_path, kv_bits):
     """A fresh song has no history to embed: quantised embeddings must never see an empty array (three songs
     through two slots: first fills and a refill, with and without prompts), with float or 8-bit caches."""
     official = write_official_checkpoint(tmp_path / "official", {"lm": {"num_heads": 2}}, seed=4)
     q4 = load_lm(write_public_mlx_checkpoint(tmp_path / "q4", official, bits=4))
     cfg = replace(q4.config, delays=SHORT_DELAYS)
-    songs = _short_songs(fixtures, cases)
+    songs = _short_songs(cases)
     sink = RecordingSink()
     _generator(q4, tok, SAMPLED, cfg, batch_size=2, max_duration=0.8, kv_bits=kv_bits).generate(songs, sink)
     for song in songs:

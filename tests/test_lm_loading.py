@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fixture_meta import lm_arrays, lm_cases
 from mlx.utils import tree_flatten
 
 from levo_batch.lm.conditioners import condition_inputs
@@ -48,7 +49,7 @@ def _saved_keys(folder):
 
 
 def test_official_layout_matches_upstream_state_dict(fixtures):
-    cases = json.loads((fixtures / "lm_tiny" / "cases.json").read_text())
+    cases = lm_cases()
     cfg = LMConfig.from_upstream(yaml.safe_load((fixtures / "lm_tiny" / "config.yaml").read_text()))
     assert {"audiolm." + k: list(v) for k, v in official_shapes(cfg).items()} == cases["state_dict_keys"]
 
@@ -94,9 +95,9 @@ def test_fixture_weights_reproduce_upstream_logits(tmp_path, fixtures):
     runtime = RuntimePaths(tmp_path / "runtime")
     tok = TextTokenizers.from_dir(copy_tokenizer(fixtures, runtime.root))
     assert (runtime.tokenizer_dir / "tokenizer.json").is_file()
-    cases = json.loads((fixtures / "lm_tiny" / "cases.json").read_text())
+    cases = lm_cases()
     job = cases["jobs"][1]
-    arrays = np.load(fixtures / "lm_tiny" / f"case_{job['name']}.npz")
+    arrays = lm_arrays(job["name"])
     g = job["codeclm_generate_inputs"]
     inputs = condition_inputs(tok, loaded.config, g["lyrics"][0], g["descriptions"][0], arrays["prompt_tokens"][0])
     p1, p2 = loaded.model.condition_provider.prefix(inputs)

@@ -1,6 +1,5 @@
-import json
-
 import pytest
+from fixture_meta import lm_cases
 
 from levo_batch.text import (
     AUTO_PROMPT_TYPES,
@@ -16,8 +15,8 @@ KNOWN = ", ".join(STRUCTURE_TAGS)
 
 
 @pytest.fixture(scope="module")
-def cases(fixtures):
-    return json.loads((fixtures / "lm_tiny" / "cases.json").read_text())
+def cases():
+    return lm_cases()
 
 
 def test_tag_order_gives_upstream_token_ids(cases):

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from fixture_meta import decoder_geometry
 from safetensors.torch import load_file
 
 from levo_batch.runtime import RuntimePaths
@@ -36,9 +37,7 @@ def build(root: Path, fixtures: Path, *, seed: int = 0, genres: tuple[str, ...] 
                      (decoder_tiny / "vae_config.json", rt.vae_config)):
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)
-    gpt2 = json.loads((decoder_tiny / "config.json").read_text())["septoken"]["GPT2Config"]
-    geometry = {k: gpt2[k] for k in ("n_positions", "n_layer", "n_head", "n_embd", "n_inner")}
-    (rt.septoken.parent / CONFIG_FILE).write_text(json.dumps(geometry))
+    (rt.septoken.parent / CONFIG_FILE).write_text(json.dumps(decoder_geometry()))
     shutil.copyfile(encoder_tiny / "w2v2_config_tiny.json", rt.septoken.parent / ENCODER_CONFIG_FILE)
     torch.save({"state_dict": load_file(decoder_tiny / "vae.safetensors")}, rt.vae_weights)
 

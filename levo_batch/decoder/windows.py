@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from levo_batch.decoder.vae import chunk_starts
-from levo_batch.stages import FRAME_RATE, SAMPLE_RATE
+from levo_batch.contracts import FRAME_RATE, SAMPLE_RATE
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FRAME_RATE
 

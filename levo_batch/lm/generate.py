@@ -29,7 +29,7 @@ from levo_batch.lm.model import LeVoLM
 from levo_batch.lm.pattern import cut_at_eos, num_columns, revert_pattern
 from levo_batch.lm.sampling import SamplingParams
 from levo_batch.lm.tokenizer import TextTokenizers
-from levo_batch.stages import SongRequest, TokenSink
+from levo_batch.contracts import SongRequest, TokenSink
 
 log = logging.getLogger(__name__)
 

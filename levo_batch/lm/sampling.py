@@ -30,7 +30,7 @@ _GOLDEN = 0x9E3779B9
 @dataclass(frozen=True)
 class SamplingParams:
     """The field defaults are upstream `generate.py`'s (its `--low_mem` path samples differently:
-    `levo_batch.backends.UPSTREAM_LOW_MEM_SAMPLING`). `cfg_coef` None takes the checkpoint's (`LMConfig.cfg_coef`).
+    `levo_batch.stages.UPSTREAM_LOW_MEM_SAMPLING`). `cfg_coef` None takes the checkpoint's (`LMConfig.cfg_coef`).
     `low_mem` records that upstream's low-memory mode chose the defaults: the mode is decided per machine
     (`levo_batch.lowmem`), so a token record says which one made it.
     `penalty_window` 0 penalises every column written so far, like upstream's `pool[-0:]` slice. Top-p is not

@@ -24,7 +24,7 @@ from levo_batch.errors import PromptError
 from levo_batch.prompts.autoprompt import AutoPromptLibrary
 from levo_batch.prompts.separation import HTDEMUCS_HPARAMS, SEPARATION_RATE, Separator
 from levo_batch.runtime import RuntimePaths
-from levo_batch.stages import SAMPLE_RATE, Prompt, PromptAudio
+from levo_batch.contracts import SAMPLE_RATE, Prompt, PromptAudio
 from levo_batch.torch_utils import torch_device
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from levo_batch.backends import DefaultStages, GenerationSettings
+from levo_batch.stages import DefaultStages, GenerationSettings
 from levo_batch.runtime import RuntimePaths
 from lm_checkpoints import write_official_checkpoint
 
