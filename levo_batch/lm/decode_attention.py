@@ -34,21 +34,16 @@ _HEADER = """
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-__device__ __forceinline__ void levo_bf16x8(const uint4& w, float* out) {
-  const __nv_bfloat162* h = reinterpret_cast<const __nv_bfloat162*>(&w);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    float2 f = __bfloat1622float2(h[i]);
-    out[2 * i] = f.x;
-    out[2 * i + 1] = f.y;
-  }
-}
+__device__ __forceinline__ float2 levo_float2(const __nv_bfloat162& h) { return __bfloat1622float2(h); }
+__device__ __forceinline__ float2 levo_float2(const __half2& h) { return __half22float2(h); }
 
-__device__ __forceinline__ void levo_f16x8(const uint4& w, float* out) {
-  const __half2* h = reinterpret_cast<const __half2*>(&w);
+// Eight 16-bit floats (one 16-byte load; H2 is the pair type: __nv_bfloat162 or __half2) -> eight floats.
+template <typename H2>
+__device__ __forceinline__ void levo_half8(const uint4& w, float* out) {
+  const H2* h = reinterpret_cast<const H2*>(&w);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    float2 f = __half22float2(h[i]);
+    float2 f = levo_float2(h[i]);
     out[2 * i] = f.x;
     out[2 * i + 1] = f.y;
   }
@@ -180,8 +175,8 @@ _FLOAT_LOADS = """
 #define V_AT(u, dst) HALF8(vr[u], dst)
 """
 
-HALF8 = {mx.bfloat16: "levo_bf16x8", mx.float16: "levo_f16x8"}
-"""The 16-bit cache dtypes the kernel reads, each with its 8-values-per-16-bytes conversion; 8-bit caches of
+HALF2 = {mx.bfloat16: ("bf16", "__nv_bfloat162"), mx.float16: ("f16", "__half2")}
+"""The 16-bit cache dtypes the kernel reads: kernel-name suffix and CUDA pair type of each; 8-bit caches of
 either model dtype keep their scales and biases in it."""
 
 # 8-bit caches in mx.quantize's layout: packed uint32 [.., D/4] (4 values per word, low byte first), scales
@@ -232,8 +227,8 @@ def _kernels(quantized: bool, dtype: mx.Dtype):
     inputs = ["qv", "positions", "scale"]
     inputs += ["k_packed", "k_scales", "k_biases", "v_packed", "v_scales", "v_biases"] if quantized \
         else ["keys", "values"]
-    loads = _QUANT_LOADS if quantized else f"#define HALF8 {HALF8[dtype]}\n{_FLOAT_LOADS}"
-    suffix = HALF8[dtype].removeprefix("levo_").removesuffix("x8")
+    suffix, pair = HALF2[dtype]
+    loads = _QUANT_LOADS if quantized else f"#define HALF8 levo_half8<{pair}>\n{_FLOAT_LOADS}"
     partial = mx.fast.cuda_kernel(
         name=f"levo_decode_attn_{'q8_' if quantized else ''}{suffix}",
         input_names=inputs,
@@ -254,7 +249,7 @@ def _kernels(quantized: bool, dtype: mx.Dtype):
 def applies(head_dim: int, dtype: mx.Dtype) -> bool:
     """On MLX CUDA's GPU, for bf16 or fp16 caches (or 8-bit ones of such models) and head dims the lane layout
     covers; `ENABLED` False forces the portable path (benchmarks compare the two)."""
-    return (ENABLED and mx.default_device() == mx.gpu and mx.cuda.is_available() and dtype in HALF8
+    return (ENABLED and mx.default_device() == mx.gpu and mx.cuda.is_available() and dtype in HALF2
             and head_dim % 16 == 0 and head_dim <= 256)
 
 
