@@ -14,8 +14,7 @@ from .lm.batch import CPU_SLOTS, MAX_AUTO_SLOTS
 from .lm.config import LM_VERSIONS, LMConfig
 from .lm.sampling import SamplingParams
 from .lowmem import LOW_MEM_THRESHOLDS_GIB
-from .stages import (GPU_LM_DTYPE, KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING,
-                     GenerationSettings)
+from .stages import GPU_LM_DTYPE, KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING, GenerationSettings
 
 EXIT_FAILED_SONGS = 1
 EXIT_USAGE = 2
@@ -155,7 +154,6 @@ def add_shard_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .stages import DefaultStages
     from .errors import LevoError
     from .jobs import JobsError
     from .lowmem import memory_mode
@@ -164,6 +162,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .progress import log, setup_logging
     from .runtime import RuntimePaths
     from .shards import resolve_shard
+    from .stages import DefaultStages
 
     setup_logging()
     try:

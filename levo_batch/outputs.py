@@ -18,8 +18,8 @@ import soundfile as sf
 
 from levo_batch.atomic import atomic_write_bytes
 from levo_batch.audio import to_pcm16
-from levo_batch.gen_types import STEM_SUFFIX
 from levo_batch.contracts import SAMPLE_RATE
+from levo_batch.gen_types import STEM_SUFFIX
 
 
 def write_flac(path: Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Sequence
 from .errors import LevoError, first_few
 
 if TYPE_CHECKING:
-    from .stages import GenerationSettings
     from .jobs import Job
+    from .stages import GenerationSettings
 
 
 class PreflightError(LevoError):

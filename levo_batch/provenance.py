@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Sequence
 import orjson
 
 from .atomic import atomic_write_bytes
+from .contracts import song_seed
 from .errors import LevoError, first_few
 from .outputs import audio_paths
-from .contracts import song_seed
 from .store import canonical, differences, file_sha256, move_aside
 
 if TYPE_CHECKING:

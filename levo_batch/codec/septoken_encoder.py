@@ -26,8 +26,8 @@ from levo_batch.audio import resample_kernel
 from levo_batch.codec.musicfm import MusicFM, no_tf32
 from levo_batch.codec.vq import VQ_KEYS, SingleVQ
 from levo_batch.codec.weights import SafetensorsDict, geometry_beside
-from levo_batch.errors import first_few
 from levo_batch.contracts import FRAME_RATE, SAMPLE_RATE
+from levo_batch.errors import first_few
 from levo_batch.torch_utils import torch_device
 
 PEAK_LIMIT = 0.8

@@ -18,8 +18,8 @@ from torch import nn
 
 from levo_batch.codec.vq import SingleVQ
 from levo_batch.codec.weights import source_name, take
-from levo_batch.decoder.estimator import GEOMETRY_HINT, LATENT_DIM, DecoderConfig, Estimator
 from levo_batch.contracts import derive_seed
+from levo_batch.decoder.estimator import GEOMETRY_HINT, LATENT_DIM, DecoderConfig, Estimator
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from levo_batch.codec.weights import SafetensorsDict
+from levo_batch.contracts import SAMPLE_RATE, DecodeRequest, PromptAudio
 from levo_batch.decoder.estimator import LATENT_DIM, DecoderConfig
 from levo_batch.decoder.flow import CompiledOrEager, FlowDecoder, seeded_noise
 from levo_batch.decoder.windows import SAMPLES_PER_FRAME, SongWindows, WindowJob, WindowPlan, advance, render
 from levo_batch.gen_types import GEN_TYPES
 from levo_batch.runtime import RuntimePaths
-from levo_batch.contracts import SAMPLE_RATE, DecodeRequest, PromptAudio
 from levo_batch.torch_utils import torch_device
 
 FILLER = {"bgm": (0, 3142), "vocal": (1, 9670)}

@@ -17,8 +17,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from levo_batch.decoder.vae import chunk_starts
 from levo_batch.contracts import FRAME_RATE, SAMPLE_RATE
+from levo_batch.decoder.vae import chunk_starts
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FRAME_RATE
 

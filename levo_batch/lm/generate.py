@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from levo_batch.contracts import SongRequest, TokenSink
 from levo_batch.lm.batch import SongSlots, StepOutput, auto_slots
 from levo_batch.lm.cache import kv_group_size
 from levo_batch.lm.conditioners import CondInputs, banned_prompt_ids, condition_inputs
@@ -29,7 +30,6 @@ from levo_batch.lm.model import LeVoLM
 from levo_batch.lm.pattern import cut_at_eos, num_columns, revert_pattern
 from levo_batch.lm.sampling import SamplingParams
 from levo_batch.lm.tokenizer import TextTokenizers
-from levo_batch.contracts import SongRequest, TokenSink
 
 log = logging.getLogger(__name__)
 

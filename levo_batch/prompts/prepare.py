@@ -20,11 +20,11 @@ import torch
 from levo_batch.audio import AudioError, prompt_window, read_audio, resample, to_stereo
 from levo_batch.codec.septoken_encoder import config_for
 from levo_batch.codec.weights import geometry_beside
+from levo_batch.contracts import SAMPLE_RATE, Prompt, PromptAudio
 from levo_batch.errors import PromptError
 from levo_batch.prompts.autoprompt import AutoPromptLibrary
 from levo_batch.prompts.separation import HTDEMUCS_HPARAMS, SEPARATION_RATE, Separator
 from levo_batch.runtime import RuntimePaths
-from levo_batch.contracts import SAMPLE_RATE, Prompt, PromptAudio
 from levo_batch.torch_utils import torch_device
 
 if TYPE_CHECKING:
