@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from levo_batch.stages import KV_CACHE_BITS, GenerationSettings
+from levo_batch.stages import KV_CACHE_BITS, LM_DTYPES, GenerationSettings
 
 from common import find_fixtures, lm_config, write_lm_checkpoint, write_runtime, write_songs
 
@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"decoder windows at once (default {GenerationSettings.decoder_batch})")
     p.add_argument("--quantize", type=int, choices=(4, 8), default=None,
                    help="quantise the stored LM (default: stored in bf16)")
-    p.add_argument("--lm-dtype", choices=("bf16", "fp16", "fp32"), default=None,
+    p.add_argument("--lm-dtype", choices=LM_DTYPES, default=None,
                    help="LM precision at run time (default: the pipeline's)")
     p.add_argument("--kv-cache", choices=tuple(KV_CACHE_BITS), default=GenerationSettings.kv_cache,
                    help=f"LM cache precision (default {GenerationSettings.kv_cache})")

@@ -14,7 +14,14 @@ from .lm.batch import CPU_SLOTS, MAX_AUTO_SLOTS
 from .lm.config import LM_VERSIONS, LMConfig
 from .lm.sampling import SamplingParams
 from .lowmem import LOW_MEM_THRESHOLDS_GIB
-from .stages import GPU_LM_DTYPE, KV_CACHE_BITS, LOW_MEM_DECODER_BATCH, UPSTREAM_LOW_MEM_SAMPLING, GenerationSettings
+from .stages import (
+    GPU_LM_DTYPE,
+    KV_CACHE_BITS,
+    LM_DTYPES,
+    LOW_MEM_DECODER_BATCH,
+    UPSTREAM_LOW_MEM_SAMPLING,
+    GenerationSettings,
+)
 
 EXIT_FAILED_SONGS = 1
 EXIT_USAGE = 2
@@ -130,7 +137,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--decoder-compile", action="store_true",
                    help="torch.compile the decoder's flow transformer: ~30 s to compile, then faster windows; "
                         "worth it for long albums on CUDA (falls back to eager mode if compiling fails)")
-    g.add_argument("--lm-dtype", choices=("bf16", "fp16", "fp32"), default=None,
+    g.add_argument("--lm-dtype", choices=LM_DTYPES, default=None,
                    help=f"LM weight precision (default: {GPU_LM_DTYPE} on a GPU, upstream's and the closest to "
                         "float32; the checkpoint's own on the CPU; quantised checkpoints keep their bits)")
     g.add_argument("--device", default=None, help="torch device for decoder and prompt encoders "

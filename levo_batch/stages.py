@@ -26,6 +26,8 @@ LOW_MEM_DECODER_BATCH = 1
 """Upstream's low-memory path decodes one window at a time, whatever --decoder-batch says."""
 KV_CACHE_BITS = {"auto": None, "int8": 8}
 """`--kv-cache` choices: the LM's own precision, or 8-bit caches (see `levo_batch.lm.cache`)."""
+LM_DTYPES = ("bf16", "fp16", "fp32")
+"""`--lm-dtype` choices (names `levo_batch.lm.loading.DTYPES` maps)."""
 GPU_LM_DTYPE = "fp16"
 """The LM's precision on a GPU unless `--lm-dtype` says otherwise: upstream's, and measured about ten times
 closer to float32 logits than bf16 (README, "LM precision"; `bench/lm_precision.py`)."""

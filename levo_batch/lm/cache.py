@@ -7,11 +7,11 @@ buffer), so a step never concatenates or copies the cache.
 
 Each row attends only its own prefix `[0, reads[r]]` (`StepContext.reads`: its position, or 0 for an idle
 slot, which so costs next to nothing). On MLX CUDA a split-K kernel does this in one pass over each row's
-keys and values (`levo_batch.lm.decode_attention`), for 16-bit (fp16, bf16) and 8-bit caches alike. Elsewhere every row
-attends the same cache prefix (`StepContext.length`, the furthest row's position rounded up) with its later
-slots masked: on Metal MLX's fused decode kernel takes the mask, on the CPU (and for float32 models on CUDA)
-the attention is written out as two matmuls around a masked softmax with the score scale folded into the
-masking kernel.
+keys and values (`levo_batch.lm.decode_attention`), for 16-bit (fp16, bf16) and 8-bit caches alike.
+Elsewhere every row attends the same cache prefix (`StepContext.length`, the furthest row's position rounded
+up) with its later slots masked: on Metal MLX's fused decode kernel takes the mask, on the CPU (and for
+float32 models on CUDA) the attention is written out as two matmuls around a masked softmax with the score
+scale folded into the masking kernel.
 
 At large batches decoding is bound by reading keys and values (LeVo 2 has no grouped KV heads: about
 1.2 GB per row per step mid-song for v2-large in bf16), so `QuantizedKVCache` stores them in 8 bits with
